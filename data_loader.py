@@ -428,14 +428,15 @@ def song_to_midi(
 # --------------------------------------------------------------------------------------
 
 
-def write_part(path, write):
+def write_part(path, write, suffix=".part"):
     """Call ``write(part)`` for a new file ``part`` beside ``path``; return ``part``.
 
-    The ``.part`` file becomes ``path`` by ``os.replace``, in one step, once complete.
-    Whatever stops the writing (a crash, a full disk) leaves at most a ``.part`` file.
+    The part file (name ending in ``suffix``) becomes ``path`` by ``os.replace``, in one
+    step, once complete. Whatever stops the writing (a crash, a full disk) leaves at
+    most a part file.
     """
     path = Path(path)
-    descriptor, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    descriptor, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=suffix)
     os.close(descriptor)
     try:
         write(part)
@@ -445,25 +446,26 @@ def write_part(path, write):
     return part
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, suffix=".part"):
     """Call ``write(temporary_path)`` and move the result to ``path``: readers see the old
-    file or the complete new one, never a half-written one."""
-    os.replace(write_part(path, write), path)
+    file or the complete new one, never a half-written one. ``suffix`` ends the temporary
+    name, for writers that insist on one (Keras wants ``.keras``)."""
+    os.replace(write_part(path, write, suffix), path)
 
 
-def save_sample_part(path, sample):
-    """Write one sample as ``.npy`` to a ``.part`` file beside ``path``; return that."""
-
+def npy_writer(array):
+    """A ``write(path)`` function for ``write_part`` and ``atomic_write`` that saves
+    ``array`` in ``.npy`` format at exactly ``path`` (``np.save`` would append ``.npy``)."""
     buffer = io.BytesIO()
-    np.save(buffer, sample)
+    np.save(buffer, array)
 
-    def write(part):
+    def write(path):
         # One write of the finished bytes: a full disk raises OSError with its errno
         # ("No space left on device"); numpy's own file writer does not say why.
-        with open(part, "wb") as file:
+        with open(path, "wb") as file:
             file.write(buffer.getbuffer())
 
-    return write_part(path, write)
+    return write
 
 
 def find_midi_files(input_dir):
@@ -544,7 +546,7 @@ def convert_file(path, source, output_dir, settings, max_file_mb=MAX_FILE_MB):
     samples = []
     for sample, first_measure in zip(conversion.samples, conversion.first_measures):
         name = sample_name(source, first_measure)
-        part = save_sample_part(Path(output_dir, name), sample)
+        part = write_part(Path(output_dir, name), npy_writer(sample))
         samples.append((part, name, first_measure, int(sample.sum())))
     return ConvertedFile(samples, conversion.n_notes, conversion.notes_out_of_range, conversion.notes_in_pickup)
 
