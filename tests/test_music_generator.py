@@ -1,0 +1,348 @@
+"""music_generator.py: the model, a whole run folder, resume, generate, errors, real data."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pretty_midi
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+import data_loader as dl
+import music_generator as mg
+from test_data_loader import REPO, VGMIDI, needs_vgmidi
+
+# Small sizes keep the tests fast; the default sizes are checked on the model alone.
+SMALL = ["--measure-hidden", "32", "--measure-features", "4", "--song-hidden", "16", "--latent", "4"]
+
+
+def make_samples(folder, count, seed=0):
+    """``count`` 16-measure samples of a melody over a bass, each song its own transposition."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for number in range(count):
+        song = np.zeros((16, 96, 96), np.uint8)
+        key = int(rng.integers(0, 12))
+        for measure in range(16):
+            song[measure, 20 + key, 0] = 1
+            for step in range(0, 96, 12):
+                song[measure, 44 + key + int(rng.integers(0, 12)), step] = 1
+        np.save(folder / f"song{number:03d}.npy", song.reshape(16, 9216))
+    return folder
+
+
+def train(tmp_path, *extra, data=None, epochs=2):
+    data = data or make_samples(tmp_path / "samples", 12)
+    argv = ["train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.001", *SMALL, *extra]
+    code = mg.main(argv)
+    runs = sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
+    return code, runs[-1] if runs else None
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, str(REPO / "music_generator.py"), *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs)
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+def test_default_model_has_the_papers_shapes_and_48_500_056_parameters():
+    vae = mg.build_vae(16, mg.MEASURE_HIDDEN, mg.MEASURE_FEATURES, mg.SONG_HIDDEN, mg.LATENT, 1.0, "mse")
+    assert vae.count_params() == 48_500_056
+    shapes = {layer.name: tuple(layer.output.shape) for layer in vae.encoder.layers + vae.decoder.layers}
+    assert vae.encoder.input.shape == (None, 16, 9216)
+    assert shapes["measure_hidden"] in {(None, 16, 2000)}
+    assert shapes["measure_features"] in {(None, 16, 200)}
+    assert shapes["song_features"] in {(None, 3200)}
+    assert shapes["z_mean"] == shapes["z_log_var"] == shapes["z"] == (None, 120)
+    assert [tuple(output.shape) for output in vae.decoder.outputs] == [(None, 16, 9216)]
+    decoder_shapes = [tuple(layer.output.shape) for layer in vae.decoder.layers]
+    assert decoder_shapes == [(None, 120), (None, 1600), (None, 3200), (None, 16, 200), (None, 16, 2000), (None, 16, 9216)]
+
+
+def test_measure_layers_equal_time_distributed_dense():
+    encoder = mg.build_encoder(measure_hidden=7, measure_features=3, song_hidden=5, latent=2)
+    dense = encoder.get_layer("measure_hidden")
+    reference = keras.layers.TimeDistributed(keras.layers.Dense(7, activation="relu"))
+    reference.build((None, 16, 9216))
+    reference.set_weights(dense.get_weights())
+    songs = (np.random.default_rng(0).random((2, 16, 9216)) < 0.01).astype("float32")
+    np.testing.assert_allclose(np.asarray(dense(songs)), np.asarray(reference(songs)), rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_summed_squared_error_plus_summed_kl_averaged_over_the_batch():
+    rng = np.random.default_rng(0)
+    songs = (rng.random((3, 16, 9216)) < 0.01).astype("float32")
+    reconstructed = rng.random((3, 16, 9216)).astype("float32")
+    z_mean, z_log_var = rng.normal(size=(3, 120)).astype("float32"), rng.normal(size=(3, 120)).astype("float32")
+    reconstruction = ((songs - reconstructed) ** 2).sum(axis=(1, 2)).mean()
+    kl = (-0.5 * (1 + z_log_var - z_mean**2 - np.exp(z_log_var)).sum(axis=1)).mean()
+    for kl_weight in (1.0, 0.25):
+        vae = mg.build_vae(16, 8, 2, 4, 120, kl_weight, "mse")
+        loss = vae.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))
+        assert float(loss) == pytest.approx(reconstruction + kl_weight * kl, rel=1e-5)
+        assert float(vae.reconstruction_tracker.result()) == pytest.approx(reconstruction, rel=1e-5)
+        assert float(vae.kl_tracker.result()) == pytest.approx(kl, rel=1e-5)
+    bce = mg.build_vae(16, 8, 2, 4, 120, 1.0, "bce")
+    expected = -(songs * np.log(reconstructed) + (1 - songs) * np.log(1 - reconstructed)).sum(axis=(1, 2)).mean()
+    assert float(bce.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))) == pytest.approx(expected + kl, rel=1e-4)
+
+
+def test_note_threshold_picks_the_strongest_cells_and_keeps_silence_silent():
+    song = np.zeros((16, 9216), np.float32)
+    song[0, :5] = [0.9, 0.8, 0.7, 0.2, 0.1]
+    assert mg.note_threshold(song, 3) == pytest.approx(0.7)
+    assert np.count_nonzero(song >= mg.note_threshold(song, 3)) == 3
+    assert mg.note_threshold(np.zeros((16, 9216)), 100) == mg.MIN_THRESHOLD
+
+
+# --- a run ---------------------------------------------------------------------------------
+
+
+def test_a_short_run_writes_the_whole_run_folder(tmp_path):
+    code, run = train(tmp_path, "--run-name", "RUN01", "--run-info", "why this run: a test", "--songs", "4", "--log-every", "1")
+    assert code == 0
+    assert re.fullmatch(r"\d{14}_RUN01", run.name)
+    info = (run / f"{run.name}_info.txt").read_text()
+    for expected in ["why this run: a test", "--lr                     0.001", "--batch-size             4", "samples                  12: 11 for training, 1 for validation", "parameters               ", "python", "keras", "tensorflow", "devices", "Session:", "Status:   finished, 2 of 2 epochs done"]:
+        assert expected in info, expected
+    assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(r"^\s+2\s+[\d.]+", info, re.MULTILINE)
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "vae.keras"]
+    names = [f"epoch{e:03d}_song{s:02d}" for e in (1, 2) for s in (1, 2, 3)] + [f"final_song{s:02d}" for s in range(1, 5)]
+    for kind, suffix in (("npy", ".npy"), ("midi", ".mid"), ("img", ".png")):
+        assert sorted(p.name for p in (run / "generated" / kind).iterdir()) == sorted(n + suffix for n in names)
+    song = np.load(run / "generated" / "npy" / "final_song01.npy")
+    assert song.shape == (16, 9216) and song.dtype == np.float32
+    notes = pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / "final_song01.mid")).instruments[0].notes
+    assert len(notes) == pytest.approx(np.mean([np.load(p).sum() for p in (tmp_path / "samples").glob("*.npy")]), abs=3)
+    assert all(note.end - note.start > 0.05 for note in notes)
+    assert (run / "generated" / "img" / "final_song01.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    events = {folder: tensorboard_events(run / "logs" / folder) for folder in ("train", "validation", "songs")}
+    for tag in ("epoch_loss", "epoch_reconstruction", "epoch_kl"):
+        assert [step for step, _ in events["train"][tag]] == [1, 2]
+        assert [step for step, _ in events["validation"][tag]] == [1, 2]
+    history = json.loads((run / "state.json").read_text())["history"]
+    assert [value for _, value in events["train"]["epoch_loss"]] == pytest.approx([row["loss"] for row in history])
+    assert [step for step, _ in events["train"]["batch_loss"]] == [1, 2, 3, 4, 5, 6]  # --log-every 1
+    assert [step for step, _ in events["songs"]["song01"]] == [1, 2]
+
+
+def tensorboard_events(folder):
+    """{tag: [(step, value or image)]} of the event files in ``folder``."""
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    events = {}
+    for tag in accumulator.Tags()["tensors"]:
+        for event in accumulator.Tensors(tag):
+            array = tensor_util.make_ndarray(event.tensor_proto)
+            events.setdefault(tag, []).append((event.step, float(array) if array.ndim == 0 else array))
+    return events
+
+
+def test_the_vae_overfits_a_tiny_dataset():
+    """Four songs, a chord each on every beat: the VAE learns to tell them apart.
+
+    With the output bias set to the data's note density, the loss starts at that of a
+    silent song, so halving it means reproducing notes, not just turning outputs down.
+    """
+    songs = np.zeros((4, 16, 96, 96), np.float32)
+    for number in range(4):
+        songs[number, :, [40 + 3 * number + k for k in range(4)], 0::24] = 1
+        songs[number, :, 20 + number, 0] = 1
+    songs = songs.reshape(4, 16, 9216)
+    keras.utils.set_random_seed(0)
+    vae = mg.build_vae(16, 128, 16, 64, 8, 1.0, "bce", note_density=songs.mean())
+    vae.compile(optimizer=keras.optimizers.Adam(0.01))
+    history = vae.fit(songs, batch_size=4, epochs=400, verbose=0).history
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    z_mean = np.asarray(vae.encoder(songs)[0])
+    reconstructed = np.asarray(vae.decoder(z_mean))
+    for song, output in zip(songs, reconstructed):
+        notes = output >= mg.note_threshold(output, int(song.sum()))
+        assert (notes == (song > 0)).mean() == 1.0  # every note, and nothing else
+
+
+def test_saved_models_reload_in_safe_mode_and_decode_the_same_song(tmp_path):
+    code, run = train(tmp_path, epochs=1)
+    assert code == 0
+    z = mg.fixed_latents(2, 4, seed=5)
+    decoder = keras.saving.load_model(run / "model" / "decoder.keras", safe_mode=True)
+    vae = keras.saving.load_model(run / "model" / "vae.keras", safe_mode=True)
+    assert isinstance(vae, mg.VAE) and vae.optimizer.iterations.numpy() == 3
+    np.testing.assert_allclose(decoder.predict(z, verbose=0), vae.decoder.predict(z, verbose=0), rtol=1e-6)
+    # generate: the same seed gives the same songs, in the run or another folder
+    assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "5"]) == 0
+    first = np.load(run / "generated" / "npy" / "sample_song02.npy")
+    np.testing.assert_allclose(first, decoder.predict(z, verbose=0)[1], rtol=1e-6)
+    assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "5", "--output-dir", str(tmp_path / "more")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "more" / "npy" / "sample_song02.npy"), first)
+    for kind, suffix in (("midi", ".mid"), ("img", ".png")):
+        assert (tmp_path / "more" / kind / f"sample_song01{suffix}").is_file()
+
+
+def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path):
+    code, run = train(tmp_path, epochs=1)
+    state = json.loads((run / "state.json").read_text())
+    assert (code, state["epochs_done"], state["status"]) == (0, 1, "finished")
+    assert mg.main(["train", "--resume", str(run)]) == 2  # all its epochs are done
+    assert mg.main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert [session["from_epoch"] for session in state["sessions"]] == [0, 1]
+    assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 9
+    assert (run / "generated" / "npy" / "epoch003_song01.npy").is_file()
+
+
+def test_an_interrupted_run_resumes_from_its_last_completed_epoch(tmp_path):
+    data = make_samples(tmp_path / "samples", 12)
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(REPO / "music_generator.py"), "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", "50", "--batch-size", "4", *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    for line in process.stdout:
+        if line.startswith("epoch 2:"):
+            process.send_signal(signal.SIGINT)  # Ctrl-C during epoch 3
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Continue with: python music_generator.py train --resume" in stderr
+    run = next((tmp_path / "runs").iterdir())
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] in (2, 3) and state["status"].startswith("interrupted")
+    done = state["epochs_done"]
+    assert mg.main(["train", "--resume", str(run), "--epochs", str(done + 1)]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert [row["epoch"] for row in state["history"]] == list(range(1, done + 2))
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path, monkeypatch, capsys):
+    data = make_samples(tmp_path / "samples", 8)
+    real_write_songs = mg.write_songs
+
+    def write_songs_then_poison_the_data(*args, **kwargs):
+        written = real_write_songs(*args, **kwargs)
+        for path in data.glob("*.npy"):  # from epoch 2 on, every sample is NaN
+            np.save(path, np.full((16, 9216), np.nan, np.float32))
+        return written
+
+    monkeypatch.setattr(mg, "write_songs", write_songs_then_poison_the_data)
+    code, run = train(tmp_path, data=data, epochs=3)
+    assert code == 1
+    assert "training stopped: the loss became nan in epoch 2" in capsys.readouterr().err
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["status"].startswith("stopped")
+    vae = keras.saving.load_model(run / "model" / "vae.keras")
+    assert all(np.isfinite(weight).all() for weight in vae.get_weights())
+    assert not (run / "generated" / "npy" / "epoch002_song01.npy").exists()
+
+
+def test_malformed_samples_are_reported_and_skipped(tmp_path, capsys):
+    data = make_samples(tmp_path / "samples", 6)
+    np.save(data / "wrong_shape.npy", np.zeros((8, 9216), np.uint8))
+    np.save(data / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (data / "text.npy").write_text("not numpy")
+    (data / "truncated.npy").write_bytes((data / "song000.npy").read_bytes()[:1000])
+    code, run = train(tmp_path, data=data, epochs=1)
+    assert code == 0
+    err = capsys.readouterr().err
+    for name in ("wrong_shape.npy", "objects.npy", "text.npy", "truncated.npy"):
+        assert name in err
+    assert "malformed, skipped       4" in (run / f"{run.name}_info.txt").read_text()
+
+
+def test_a_file_that_breaks_during_training_is_replaced_by_silence(tmp_path, capsys):
+    data = make_samples(tmp_path / "samples", 3)
+    files = mg.SongFiles(sorted(data.glob("*.npy")), batch_size=3, shape=(16, 9216))
+    (data / "song001.npy").write_text("gone bad")
+    batch = files[0]
+    assert batch.shape == (3, 16, 9216) and batch.dtype == np.float32
+    assert batch[1].sum() == 0 and batch[0].sum() > 0
+    assert "song001.npy" in capsys.readouterr().err
+
+
+def test_dataset_reshuffles_every_epoch_and_repeats_for_the_same_seed(tmp_path):
+    data = make_samples(tmp_path / "samples", 10)
+    paths = sorted(data.glob("*.npy"))
+    files = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3)
+    first = files.order.copy()
+    files.on_epoch_end()
+    assert not np.array_equal(first, files.order)
+    again = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3, epoch=1)
+    np.testing.assert_array_equal(again.order, files.order)
+    assert len(files) == 3 and files[2].shape == (2, 16, 9216)
+
+
+def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
+    data = make_samples(tmp_path / "samples", 12)
+    paths = sorted(data.glob("*.npy"))
+    with open(data / "index.csv", "w") as index:
+        index.write("sample,source,first_measure,n_notes\n")
+        for number, path in enumerate(paths):
+            index.write(f"{path.name},song{number // 3}.mid,{16 * (number % 3)},1\n")
+    training, validation = mg.split_samples(paths, 0.25, seed=0, data_dir=data)
+    assert len(validation) == 3 and len(training) == 9
+    assert len({int(path.stem[4:]) // 3 for path in validation}) == 1  # the three samples of one song
+
+
+# --- mistakes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "data folder .* does not exist"),
+        ("empty", "no .npy samples in"),
+        ("wrong", "none of the 2 .npy files .* is a sample: .* shape \\(16, 100\\)"),
+        ("not_a_run", "is not a run folder"),
+        ("unwritable", "cannot create the run folder"),
+        ("bad_name", "run name 'a b' may hold only"),
+        ("bad_flag", "argument --lr: must be more than 0"),
+        ("no_data", "pass --data SAMPLES_DIR"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "wrong").mkdir()
+    for name in ("a", "b"):
+        np.save(tmp_path / "wrong" / f"{name}.npy", np.zeros((16, 100)))
+    (tmp_path / "file").write_text("a file")
+    samples = make_samples(tmp_path / "samples", 2)
+    args = {
+        "missing": ["train", "--data", tmp_path / "missing"],
+        "empty": ["train", "--data", tmp_path / "empty"],
+        "wrong": ["train", "--data", tmp_path / "wrong"],
+        "not_a_run": ["generate", "--run", tmp_path / "empty"],
+        "unwritable": ["train", "--data", samples, "--output-dir", tmp_path / "file" / "runs"],
+        "bad_name": ["train", "--data", samples, "--run-name", "a b"],
+        "bad_flag": ["train", "--data", samples, "--lr", "-1"],
+        "no_data": ["train"],
+    }[case]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not (REPO / "runs").exists() or case not in ("unwritable",)
+
+
+# --- real data, end to end ---------------------------------------------------------------------
+
+
+@needs_vgmidi
+def test_from_real_midi_files_to_generated_midi_files(tmp_path):
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for path in sorted(VGMIDI.glob("*.mid"))[:24]:
+        (midi / path.name).symlink_to(path)
+    assert dl.main([str(midi), str(tmp_path / "samples"), "--no-progress"]) == 0
+    code, run = train(tmp_path, data=tmp_path / "samples", epochs=1)
+    assert code == 0
+    for number in range(1, 11):
+        notes = pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / f"final_song{number:02d}.mid")).instruments[0].notes
+        assert len(notes) > 50
