@@ -734,9 +734,7 @@ def convert_folder(
     )
     try:
         futures = {
-            pool.schedule(
-                convert_file, (path, sources[path], output.path, settings, max_file_mb), timeout=timeout
-            ): path
+            pool.submit(convert_file, timeout, path, sources[path], output.path, settings, max_file_mb): path
             for path in todo
         }
         for future in as_completed(futures):
