@@ -63,7 +63,27 @@ def test_default_model_has_the_papers_shapes_and_48_500_056_parameters():
     assert shapes["z_mean"] == shapes["z_log_var"] == shapes["z"] == (None, 120)
     assert [tuple(output.shape) for output in vae.decoder.outputs] == [(None, 16, 9216)]
     decoder_shapes = [tuple(layer.output.shape) for layer in vae.decoder.layers]
-    assert decoder_shapes == [(None, 120), (None, 1600), (None, 3200), (None, 16, 200), (None, 16, 2000), (None, 16, 9216)]
+    assert decoder_shapes == [(None, 120), (None, 1600), (None, 3200), (None, 16, 200), (None, 16, 2000), (None, 16, 9216), (None, 16, 9216)]
+    assert [layer.name for layer in vae.decoder.layers[-2:]] == ["song_logits", "song"]  # Dense, then sigmoid
+    products = 2 * (16 * 2000 * 200 + 3200 * 1600 + 2 * 1600 * 120 + 120 * 1600 + 1600 * 3200 + 16 * 200 * 2000 + 16 * 2000 * 9216)
+    first_layer = 2 * 16 * 9216 * 2000  # forward and weight gradient only: the songs need no gradient
+    assert mg.training_flops_per_sample(vae) == 3 * products + 2 * first_layer == 3_090_816_000
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_weights_and_outputs():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        vae = mg.build_vae(16, 32, 4, 16, 4, 1.0, "mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert vae.decoder.get_layer("song_logits").compute_dtype == "bfloat16"
+    assert vae.encoder.get_layer("measure_hidden").compute_dtype == "bfloat16"
+    assert all(weight.dtype == "float32" for weight in vae.weights)
+    assert vae.decoder.get_layer("song").compute_dtype == "float32"
+    songs = np.zeros((2, 16, 9216), np.uint8)
+    reconstructed, _, _ = vae(songs)
+    assert reconstructed.dtype == "float32"
+    assert np.isfinite(float(vae.compute_loss(x=songs, y_pred=vae(songs))))
 
 
 def test_measure_layers_equal_time_distributed_dense():
@@ -94,12 +114,17 @@ def test_loss_is_summed_squared_error_plus_summed_kl_averaged_over_the_batch():
     assert float(bce.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))) == pytest.approx(expected + kl, rel=1e-4)
 
 
-def test_note_threshold_picks_the_strongest_cells_and_keeps_silence_silent():
+def test_strongest_cells_keeps_exactly_that_many_notes_even_where_values_tie(tmp_path):
     song = np.zeros((16, 9216), np.float32)
     song[0, :5] = [0.9, 0.8, 0.7, 0.2, 0.1]
-    assert mg.note_threshold(song, 3) == pytest.approx(0.7)
-    assert np.count_nonzero(song >= mg.note_threshold(song, 3)) == 3
-    assert mg.note_threshold(np.zeros((16, 9216)), 100) == mg.MIN_THRESHOLD
+    kept, threshold = mg.strongest_cells(song, 3)
+    assert threshold == pytest.approx(0.7) and np.count_nonzero(kept) == 3 and kept[0, 0] == pytest.approx(0.9)
+    tied = np.full((16, 9216), 0.25, np.float32)  # a bfloat16 decoder gives thousands of equal values
+    kept, threshold = mg.strongest_cells(tied, 240)
+    assert np.count_nonzero(kept >= threshold) == 240
+    assert mg.save_song(tied, tmp_path, "tied", threshold, 120, 16, notes_of=kept)[0] == 240
+    silent, threshold = mg.strongest_cells(np.zeros((16, 9216)), 100)
+    assert threshold == mg.MIN_THRESHOLD and not (silent >= threshold).any()
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -227,13 +252,13 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
     data = make_samples(tmp_path / "samples", 8)
     real_write_songs = mg.write_songs
 
-    def write_songs_then_poison_the_data(*args, **kwargs):
-        written = real_write_songs(*args, **kwargs)
-        for path in data.glob("*.npy"):  # from epoch 2 on, every sample is NaN
-            np.save(path, np.full((16, 9216), np.nan, np.float32))
+    def write_songs_then_diverge(decoder, *args, **kwargs):
+        written = real_write_songs(decoder, *args, **kwargs)
+        bias = decoder.get_layer("song_logits").bias  # as if a step had diverged
+        bias.assign(np.full(bias.shape, np.nan, np.float32))
         return written
 
-    monkeypatch.setattr(mg, "write_songs", write_songs_then_poison_the_data)
+    monkeypatch.setattr(mg, "write_songs", write_songs_then_diverge)
     code, run = train(tmp_path, data=data, epochs=3)
     assert code == 1
     assert "training stopped: the loss became nan in epoch 2" in capsys.readouterr().err
@@ -263,7 +288,7 @@ def test_a_file_that_breaks_during_training_is_replaced_by_silence(tmp_path, cap
     files = mg.SongFiles(sorted(data.glob("*.npy")), batch_size=3, shape=(16, 9216))
     (data / "song001.npy").write_text("gone bad")
     batch = files[0]
-    assert batch.shape == (3, 16, 9216) and batch.dtype == np.float32
+    assert batch.shape == (3, 16, 9216) and batch.dtype == np.uint8
     assert batch[1].sum() == 0 and batch[0].sum() > 0
     assert "song001.npy" in capsys.readouterr().err
 
