@@ -428,6 +428,10 @@ def song_to_midi(
 # --------------------------------------------------------------------------------------
 
 
+UMASK = os.umask(0o022)  # read once, at import (setting it is the only way to read it)
+os.umask(UMASK)
+
+
 def write_part(path, write, suffix=".part"):
     """Call ``write(part)`` for a new file ``part`` beside ``path``; return ``part``.
 
@@ -440,6 +444,8 @@ def write_part(path, write, suffix=".part"):
     os.close(descriptor)
     try:
         write(part)
+        # mkstemp makes the file private (0600); give it the mode any new file gets.
+        os.chmod(part, 0o666 & ~UMASK)
     except BaseException:
         Path(part).unlink(missing_ok=True)
         raise

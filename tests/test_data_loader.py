@@ -366,6 +366,14 @@ def test_a_crashed_or_hung_worker_becomes_a_skip_reason():
         dl._outcome(disk_full, 5)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_written_files_get_the_usual_mode_not_a_temporary_files_private_one(tmp_path):
+    dl.atomic_write(tmp_path / "song.npy", dl.npy_writer(np.zeros((2, 3), np.uint8)))
+    mode = (tmp_path / "song.npy").stat().st_mode & 0o777
+    assert mode == 0o666 & ~dl.UMASK  # 0o644 with the usual umask, where mkstemp gives 0o600
+    assert mode & 0o400
+
+
 def test_running_again_resumes_and_adds_nothing(tmp_path):
     source = tmp_path / "in"
     source.mkdir()
