@@ -350,11 +350,15 @@ def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message):
         "bad_flag": ["train", "--data", samples, "--lr", "-1"],
         "no_data": ["train"],
     }[case]
+    def everything():  # what lies in the test's folder and in the default output folder
+        return {*tmp_path.rglob("*"), *(REPO / "runs").glob("*")}
+
+    before = everything()
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
-    assert not (REPO / "runs").exists() or case not in ("unwritable",)
+    assert everything() == before  # nothing written, not even an empty run folder
 
 
 # --- real data, end to end ---------------------------------------------------------------------
