@@ -827,11 +827,16 @@ def int_between(low, high=None):
 positive_int = int_between(1)
 
 
-def positive_float(text):
+def number(text):
+    """An argparse type: any number; the types below add their bounds."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+
+
+def positive_float(text):
+    value = number(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value

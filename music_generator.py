@@ -307,18 +307,37 @@ def default_jit():
     return False
 
 
+def dense_products(vae):
+    """(rows per sample, inputs, outputs) of every Dense layer's matrix product, in order:
+    the measure layers multiply one row per measure, the song layers one per song."""
+    return [
+        (math.prod(layer.input.shape[1:-1]), *layer.kernel.shape)
+        for layer in vae.encoder.layers + vae.decoder.layers
+        if isinstance(layer, layers.Dense)
+    ]
+
+
 def training_flops_per_sample(vae):
     """Floating-point operations of one training sample: the 2 * rows * inputs * outputs
     of every Dense layer's product, 3 times (forward, and backward for the weights and the
     inputs), but twice for the first layer, whose inputs (the songs) need no gradient.
     3.09 GFLOP for the default model (the usual 3 times for every layer would say 3.68)."""
-    total = 0
-    for layer in vae.encoder.layers + vae.decoder.layers:
-        if isinstance(layer, layers.Dense):
-            rows = math.prod(layer.input.shape[1:-1])
-            inputs, outputs = layer.kernel.shape
-            total += (2 if total == 0 else 3) * 2 * rows * inputs * outputs
-    return total
+    return sum(
+        (2 if number == 0 else 3) * 2 * rows * inputs * outputs
+        for number, (rows, inputs, outputs) in enumerate(dense_products(vae))
+    )
+
+
+def fastest(function, seconds):
+    """Seconds of the fastest call of ``function``, after one warm-up call, over about
+    ``seconds`` (3 calls at least): the best the machine does, whatever else runs on it."""
+    function()
+    times, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds or len(times) < 3:
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return min(times)
 
 
 def peak_flops(dtype, seconds=0.5):
@@ -327,28 +346,22 @@ def peak_flops(dtype, seconds=0.5):
     orientations a training step uses (forward, weight gradient, input gradient), for
     about ``seconds`` in all, with rows grown until one product takes long enough to time.
     The fastest orientation counts, so that no step of the model can beat its "peak"."""
+    size, hidden = data_loader.MEASURE_SIZE, MEASURE_HIDDEN
+    orientations = (
+        lambda rows: ((rows, size), (size, hidden)),  # forward
+        lambda rows: ((size, rows), (rows, hidden)),  # weight gradient
+        lambda rows: ((rows, hidden), (hidden, size)),  # input gradient
+    )
     best = 0.0
-    for orientation in ("forward", "weight gradient", "input gradient"):
+    for shapes in orientations:
         rows = 256  # grown below where that is too quick to time; small enough for a slow laptop
         while True:
-            left, right = {
-                "forward": ((rows, 9216), (9216, 2000)),
-                "weight gradient": ((9216, rows), (rows, 2000)),
-                "input gradient": ((rows, 2000), (2000, 9216)),
-            }[orientation]
+            left, right = shapes(rows)
             a, b = ops.ones(left, dtype), ops.ones(right, dtype)
-
-            def product():  # one product, and wait for it by reading one of its values
-                return ops.convert_to_numpy(ops.cast(ops.matmul(a, b)[0, 0], "float32"))
-
-            product()  # warm up
-            times, started = [], time.perf_counter()
-            while time.perf_counter() - started < seconds / 3 or len(times) < 3:
-                began = time.perf_counter()
-                product()
-                times.append(time.perf_counter() - began)
-            if min(times) > 0.005 or rows >= 65536:  # long enough to hide the call's overhead
-                best = max(best, 2 * rows * 9216 * 2000 / min(times))
+            # One product, waited for by reading one of its values.
+            seconds_per_product = fastest(lambda: ops.convert_to_numpy(ops.cast(ops.matmul(a, b)[0, 0], "float32")), seconds / 3)
+            if seconds_per_product > 0.005 or rows >= 65536:  # long enough to hide the call's overhead
+                best = max(best, 2 * rows * size * hidden / seconds_per_product)
                 break
             rows *= 4
     return best
@@ -1127,7 +1140,7 @@ def add_song_options(parser, bpm_default=data_loader.DEFAULT_BPM):
 
 def share(text):
     """An argparse type: a number from 0 up to, not including, 1."""
-    value = _number(text)
+    value = data_loader.number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
     return value
@@ -1135,17 +1148,10 @@ def share(text):
 
 def probability(text):
     """An argparse type: a number above 0, up to 1."""
-    value = _number(text)
+    value = data_loader.number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
     return value
-
-
-def _number(text):
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
 
 
 def main(argv=None):

@@ -60,32 +60,11 @@ def write_samples(folder, count, seed=0):
     return paths
 
 
-def fastest(function, seconds):
-    """Seconds of the fastest call of ``function``, after one warm-up call, over about
-    ``seconds``: for a ceiling, the best the machine does."""
-    function()
-    times, started = [], time.perf_counter()
-    while time.perf_counter() - started < seconds or len(times) < 3:
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return min(times)
-
-
-def dense_shapes(vae):
-    """(rows per sample, inputs, outputs, is the first layer) of every Dense layer."""
-    shapes = []
-    for layer in vae.encoder.layers + vae.decoder.layers:
-        if isinstance(layer, keras.layers.Dense):
-            inputs, outputs = layer.kernel.shape
-            shapes.append((math.prod(layer.input.shape[1:-1]), inputs, outputs, not shapes))
-    return shapes
-
-
 def ceiling(vae, batch_size, dtype, seconds):
     """Samples/s if a training step were only its matrix products."""
     tensors = []
-    for rows, inputs, outputs, first in dense_shapes(vae):
+    for number, (rows, inputs, outputs) in enumerate(mg.dense_products(vae)):
+        first = number == 0
         m = rows * batch_size
         # Transposed once here: in a compiled step the products read them in place.
         x, x_t = ops.ones((m, inputs), dtype), ops.ones((inputs, m), dtype)
@@ -101,14 +80,14 @@ def ceiling(vae, batch_size, dtype, seconds):
                 results.append(ops.matmul(dy, w_t))
         ops.convert_to_numpy(ops.cast(results[-1][0, 0], "float32"))  # wait for the last one
 
-    return batch_size / fastest(step, seconds)
+    return batch_size / mg.fastest(step, seconds)
 
 
 def copy_bandwidth(seconds):
     """Bytes read and written per second by a copy of 1 GiB, in memory already touched."""
     source = np.ones(2**28, np.float32)
     target = np.zeros_like(source)
-    return 2 * source.nbytes / fastest(lambda: np.copyto(target, source), seconds)
+    return 2 * source.nbytes / mg.fastest(lambda: np.copyto(target, source), seconds)
 
 
 class StepTimer(keras.callbacks.Callback):
