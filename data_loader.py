@@ -31,6 +31,7 @@ import re
 import sys
 import tempfile
 import time
+import wave
 from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import as_completed
@@ -351,6 +352,45 @@ def midi_to_samples(
     )
 
 
+def midi_to_song(source, lowest_pitch=LOWEST_PITCH, measures=MEASURES_PER_SAMPLE, out_of_range="fold"):
+    """The first ``measures`` measures of a MIDI file as one song, silent ones included.
+
+    The way back from ``song_to_midi`` (the round trip gives the song's onsets), and a
+    way to judge any MIDI file, generated elsewhere too, as the samples are judged. Unlike
+    ``midi_to_samples`` it keeps a silent or short file, as the silence it is, and reads
+    bars from tick 0 (a pickup bar is measure 0).
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes or mido.MidiFile
+        The MIDI file.
+    lowest_pitch, measures, out_of_range
+        As for ``midi_to_samples``.
+
+    Returns
+    -------
+    np.ndarray
+        (measures, 9216) uint8 onsets.
+
+    Raises
+    ------
+    SkipFile
+        The file is not readable MIDI.
+    """
+    midi = read_midi(source)
+    if midi.ticks_per_beat <= 0:
+        raise SkipFile("unsupported: SMPTE time division instead of ticks per beat")
+    ticks, pitches, time_signatures, _ = read_onsets(midi)
+    song = np.zeros((measures, PITCHES, STEPS_PER_MEASURE), np.uint8)
+    if len(ticks):
+        positions = onset_positions(ticks, meter_changes(time_signatures, midi.ticks_per_beat))
+        rows, kept, _ = fit_pitches(pitches, lowest_pitch, out_of_range)
+        measure, step = np.divmod(positions, STEPS_PER_MEASURE)
+        kept &= measure < measures
+        song[measure[kept], rows[kept], step[kept]] = 1
+    return song.reshape(measures, MEASURE_SIZE)
+
+
 # --------------------------------------------------------------------------------------
 # samples -> MIDI
 # --------------------------------------------------------------------------------------
@@ -421,6 +461,128 @@ def song_to_midi(
     if path is not None:
         atomic_write(path, midi.write)
     return midi
+
+
+# --------------------------------------------------------------------------------------
+# MIDI -> audio
+# --------------------------------------------------------------------------------------
+
+AUDIO_SAMPLE_RATE = 22050  # Hz: the piano's range and more; a 32 s song is 1.4 MB of 16-bit mono
+AUDIO_PEAK = 0.9  # loudest sample, of full scale: every song as loud, none clipped
+AUDIO_TAIL_S = 1.0  # after the song's end: the last notes' release, and room before the next
+# General MIDI SoundFonts where systems install them, best first: Debian and Ubuntu's
+# fluid-soundfont-gm, then Fedora's and Arch's. pretty_midi's own small one comes last.
+SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    str(Path(pretty_midi.__file__).with_name("TimGM6mb.sf2")),
+)
+
+
+def has_fluidsynth():
+    """Whether pyfluidsynth and the FluidSynth library it loads are installed."""
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):  # pyfluidsynth raises ImportError when the library is missing
+        return False
+    return True
+
+
+class Synthesizer:
+    """Renders MIDI as audio: with FluidSynth and a SoundFont, which sounds like the
+    instrument, or with pretty_midi's sine waves, which need nothing installed.
+
+    Parameters
+    ----------
+    soundfont : str or os.PathLike, optional
+        A ``.sf2`` file, loaded once for every song. None: sine waves.
+    sample_rate : int
+        Samples per second of the audio.
+
+    Raises
+    ------
+    UsageError
+        ``soundfont`` is given but FluidSynth is missing or cannot read it.
+    """
+
+    def __init__(self, soundfont=None, sample_rate=AUDIO_SAMPLE_RATE):
+        self.soundfont = soundfont
+        self.sample_rate = sample_rate
+        self.fluidsynth = None
+        if soundfont is None:
+            return
+        if not has_fluidsynth():
+            raise UsageError("a SoundFont needs FluidSynth: install its library (Debian: apt install fluidsynth) and pip install pyfluidsynth")
+        import fluidsynth
+
+        synth = fluidsynth.Synth(samplerate=float(sample_rate))
+        font = synth.sfload(str(soundfont)) if Path(soundfont).is_file() else -1
+        if font < 0:
+            synth.delete()
+            raise UsageError(f"{soundfont} is not a SoundFont (.sf2) that FluidSynth can read")
+        self.fluidsynth = synth, font
+
+    @classmethod
+    def best(cls, sample_rate=AUDIO_SAMPLE_RATE):
+        """FluidSynth with the first of SOUNDFONTS that is installed, where FluidSynth is;
+        else sine waves."""
+        if has_fluidsynth():
+            for soundfont in SOUNDFONTS:
+                if Path(soundfont).is_file():
+                    return cls(soundfont, sample_rate)
+        return cls(None, sample_rate)
+
+    def __str__(self):
+        if self.fluidsynth:
+            return f"FluidSynth with {self.soundfont}"
+        return "pretty_midi's sine waves (install FluidSynth for a piano: see README)"
+
+    def render(self, midi, seconds=0.0):
+        """The sound of ``midi``.
+
+        Parameters
+        ----------
+        midi : pretty_midi.PrettyMIDI
+        seconds : float
+            Length of the song. The audio lasts at least AUDIO_TAIL_S more, silence
+            padding it, so that a song's silent last measures (or a silent song) last as
+            long as they should.
+
+        Returns
+        -------
+        np.ndarray
+            (samples,) float32 mono audio at ``sample_rate``, its loudest sample at
+            +-AUDIO_PEAK (0 throughout for a silent song).
+        """
+        if self.fluidsynth:
+            synth, font = self.fluidsynth
+            audio = midi.fluidsynth(self.sample_rate, synthesizer=synth, sfid=font, normalize=False)
+            synth.system_reset()  # no note of this song rings on into the next
+        else:
+            audio = midi.synthesize(self.sample_rate, normalize=False)  # normalizing silence gives NaN
+        audio = np.asarray(audio, np.float32)
+        peak = float(np.abs(audio).max(initial=0.0))
+        if peak > 0:
+            audio *= AUDIO_PEAK / peak
+        missing = round((seconds + AUDIO_TAIL_S) * self.sample_rate) - len(audio)
+        return np.pad(audio, (0, max(missing, 0)))
+
+
+def wav_writer(audio, sample_rate=AUDIO_SAMPLE_RATE):
+    """A ``write(path)`` function for ``atomic_write`` that saves ``audio``, float in
+    [-1, 1], as a 16-bit mono PCM WAV file: the format every browser and player opens."""
+    pcm = np.round(np.clip(audio, -1, 1) * 32767).astype("<i2")
+
+    def write(path):
+        with wave.open(str(path), "wb") as file:
+            file.setnchannels(1)
+            file.setsampwidth(2)
+            file.setframerate(sample_rate)
+            file.writeframes(pcm.tobytes())
+
+    return write
 
 
 # --------------------------------------------------------------------------------------
