@@ -1,0 +1,252 @@
+"""Numbers for what the paper could only describe: how much a song repeats itself ("the
+same music in all measures"), how alike the songs are ("songs sounded very similar"),
+and how far their features lie from those of the training data.
+
+Songs are onset arrays as data_loader makes them: (measures, 9216), cell ``pitch * 96 +
+step`` non-zero where a note starts. Everything here is numpy; music_generator's
+``evaluate`` command puts it together with the model.
+
+The distance between the generated and the real songs follows Yang and Lerch, "On the
+evaluation of generative models in music" (Neural Computing and Applications, 2018): the
+overlapping area of the two distributions of each feature, each estimated with a
+Gaussian kernel density (Scott's bandwidth, as scipy's ``gaussian_kde``): 1 where they
+are the same, 0 where they share nothing.
+"""
+
+import numpy as np
+
+import data_loader
+
+SIXTEENTH_STEPS = data_loader.STEPS_PER_MEASURE // 16  # 6 steps: one sixteenth note in 4/4
+REPEAT_JACCARD = 0.8  # two measures whose onsets overlap this much count as a repeat
+ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is above this carries information
+DIVERSITY_SONGS = 200  # real songs compared pair by pair: 20,000 pairs, 120 MB of cells
+
+# The per-song features: name -> (label with its unit, short column heading).
+FEATURES = {
+    "notes_per_measure": ("notes per measure", "notes/m"),
+    "empty_measures": ("empty measures", "empty"),
+    "pitch_range": ("pitch range (semitones)", "range"),
+    "pitch_class_entropy": ("pitch-class entropy (bits)", "entropy"),
+    "polyphony": ("polyphony (onsets per onset step)", "poly"),
+    "sixteenth_grid": ("onsets on the 16th-note grid (share)", "grid16"),
+    "repeated_measures": ("repeated measure pairs (share)", "repeats"),
+}
+
+
+def onset_cells(song):
+    """``song`` as a (measures, pitches, steps) bool array of onsets."""
+    song = np.asarray(song)
+    return (song != 0).reshape(len(song), data_loader.PITCHES, data_loader.STEPS_PER_MEASURE)
+
+
+def jaccard_matrix(rows):
+    """Jaccard index |A & B| / |A | B| of every pair of rows of a 2-D 0/1 array, as an
+    (n, n) array; two empty rows are equal sets, with index 1."""
+    rows = (np.asarray(rows) != 0).astype(np.float32)
+    shared = rows @ rows.T  # exact: counts stay far below float32's 2**24
+    sizes = np.diag(shared)
+    union = sizes[:, None] + sizes[None, :] - shared
+    return np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
+
+
+def song_features(song, lowest_pitch=data_loader.LOWEST_PITCH):
+    """The FEATURES of one song, as a dict of floats.
+
+    Parameters
+    ----------
+    song : np.ndarray
+        (measures, 9216) onsets.
+    lowest_pitch : int
+        MIDI note of pitch row 0, for the pitch classes.
+
+    Returns
+    -------
+    dict
+        Pitch range, pitch-class entropy, polyphony and the 16th-grid share are NaN for a
+        silent song, which has none. Repeated measure pairs are the share of the song's
+        pairs of measures whose onsets have a Jaccard index of at least REPEAT_JACCARD
+        (two silent measures repeat each other).
+    """
+    cells = onset_cells(song)
+    measures = len(cells)
+    measure_index, rows, steps = np.nonzero(cells)
+    pairs = jaccard_matrix(cells.reshape(measures, -1))[np.triu_indices(measures, k=1)]
+    features = {
+        "notes_per_measure": len(rows) / measures,
+        "empty_measures": float(measures - np.count_nonzero(cells.any(axis=(1, 2)))),
+        "repeated_measures": float(np.mean(pairs >= REPEAT_JACCARD)) if len(pairs) else float("nan"),
+        "pitch_range": float("nan"),
+        "pitch_class_entropy": float("nan"),
+        "polyphony": float("nan"),
+        "sixteenth_grid": float("nan"),
+    }
+    if len(rows):
+        classes = np.bincount((rows + lowest_pitch) % 12, minlength=12) / len(rows)
+        classes = classes[classes > 0]
+        onset_steps = np.unique(measure_index * data_loader.STEPS_PER_MEASURE + steps)
+        features.update(
+            pitch_range=float(rows.max() - rows.min()),
+            pitch_class_entropy=float(-(classes * np.log2(classes)).sum() + 0.0),  # + 0.0: no -0.0
+            polyphony=len(rows) / len(onset_steps),
+            sixteenth_grid=float(np.mean(steps % SIXTEENTH_STEPS == 0)),
+        )
+    return features
+
+
+def diversity(songs):
+    """Mean of 1 - Jaccard index over all pairs of ``songs``: 0 where they are all the
+    same, 1 where no two share a note. None for fewer than two songs."""
+    if len(songs) < 2:
+        return None
+    flat = np.stack([np.ravel(song) for song in songs])
+    return float(np.mean(1 - jaccard_matrix(flat)[np.triu_indices(len(flat), k=1)]))
+
+
+def overlapping_area(generated, real, points=2001):
+    """Overlapping area of the kernel densities of two samples of one feature.
+
+    Parameters
+    ----------
+    generated, real : array_like
+        Values of the feature; NaN values (undefined for a silent song) are left out.
+    points : int
+        Points of the grid the densities are compared on.
+
+    Returns
+    -------
+    float or None
+        The integral of min(p_generated, p_real): 1 for the same values, near 0 for
+        values far apart. None where either side has no value.
+    """
+    samples = [np.asarray(values, np.float64) for values in (generated, real)]
+    samples = [values[np.isfinite(values)] for values in samples]
+    if any(len(values) == 0 for values in samples):
+        return None
+    low = min(values.min() for values in samples)
+    high = max(values.max() for values in samples)
+    # Scott's rule. A constant sample (songs with exactly the data's mean note count, say)
+    # would have a kernel of zero width: it takes the other sample's, or where both are
+    # constant, a width the grid still resolves.
+    scott = [values.std() * len(values) ** -0.2 for values in samples]
+    floor = (high - low or 1.0) / 200
+    bandwidths = [max(own or other, floor) for own, other in zip(scott, scott[::-1])]
+    grid = np.linspace(low - 4 * max(bandwidths), high + 4 * max(bandwidths), points)
+    densities = []
+    for values, bandwidth in zip(samples, bandwidths):
+        density = np.exp(-0.5 * ((grid[:, None] - values[None, :]) / bandwidth) ** 2).sum(axis=1)
+        densities.append(density / density.sum())  # each sums to 1 on the grid
+    return float(min(np.minimum(*densities).sum(), 1.0))
+
+
+def onset_scores(true, predicted):
+    """Precision, recall and F1 of predicted onsets, over all cells of all songs.
+
+    Parameters
+    ----------
+    true, predicted : array_like
+        Onsets of the same shape; non-zero is a note.
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall``, ``f1`` (None where undefined: no predicted or no true
+        note) and the counts ``true_notes``, ``predicted_notes``, ``correct_notes``.
+    """
+    true, predicted = np.asarray(true) != 0, np.asarray(predicted) != 0
+    return scores_of_counts(np.count_nonzero(true & predicted), np.count_nonzero(true), np.count_nonzero(predicted))
+
+
+def scores_of_counts(correct, true_notes, predicted_notes):
+    """``onset_scores`` from the counts, summed over batches of songs."""
+    correct, true_notes, predicted_notes = int(correct), int(true_notes), int(predicted_notes)
+    return {
+        "precision": correct / predicted_notes if predicted_notes else None,
+        "recall": correct / true_notes if true_notes else None,
+        "f1": 2 * correct / (true_notes + predicted_notes) if true_notes + predicted_notes else None,
+        "true_notes": true_notes,
+        "predicted_notes": predicted_notes,
+        "correct_notes": correct,
+    }
+
+
+def kl_per_dimension(z_mean, z_log_var):
+    """Mean KL(N(mu, sigma) || N(0, 1)) of each latent dimension over a set of songs.
+
+    Parameters
+    ----------
+    z_mean, z_log_var : array_like
+        (songs, latent) encoder outputs.
+
+    Returns
+    -------
+    np.ndarray
+        (latent,) nats. A dimension with more than ACTIVE_KL is an active unit; the others
+        are ignored by the decoder (posterior collapse).
+    """
+    z_mean, z_log_var = np.asarray(z_mean, np.float64), np.asarray(z_log_var, np.float64)
+    return np.mean(0.5 * (np.square(z_mean) + np.exp(z_log_var) - 1 - z_log_var), axis=0)
+
+
+def compare(generated, real, lowest_pitch=data_loader.LOWEST_PITCH):
+    """Judge generated songs against real ones.
+
+    Parameters
+    ----------
+    generated : dict
+        Song name -> (measures, 9216) onsets.
+    real : list of np.ndarray
+        Samples of the data.
+    lowest_pitch : int
+
+    Returns
+    -------
+    dict
+        ``songs`` (name -> features), ``silent_songs``, ``diversity`` of the generated
+        songs and ``data_diversity`` (the same, over the first DIVERSITY_SONGS real ones), ``in_range`` (songs
+        whose note count lies within the data's 10-90% range, and that range),
+        ``features`` (feature -> generated and real mean and standard deviation, and
+        ``overlap``), ``mean_overlap``, and ``data_features`` (feature -> the value of
+        every real song, for pictures).
+    """
+    songs = {name: song_features(song, lowest_pitch) for name, song in generated.items()}
+    data = [song_features(song, lowest_pitch) for song in real]
+    features = {}
+    for feature in FEATURES:
+        ours = np.array([values[feature] for values in songs.values()], np.float64)
+        theirs = np.array([values[feature] for values in data], np.float64)
+        features[feature] = {
+            "generated_mean": _finite_mean(ours),
+            "generated_sd": _finite_sd(ours),
+            "data_mean": _finite_mean(theirs),
+            "data_sd": _finite_sd(theirs),
+            "overlap": overlapping_area(ours, theirs),
+        }
+    overlaps = [values["overlap"] for values in features.values() if values["overlap"] is not None]
+    measures = len(next(iter(generated.values()))) if generated else data_loader.MEASURES_PER_SAMPLE
+    low, high = np.percentile([values["notes_per_measure"] * measures for values in data], [10, 90]) if data else (0, 0)
+    note_counts = [values["notes_per_measure"] * measures for values in songs.values()]
+    return {
+        "songs": songs,
+        "silent_songs": [name for name, values in songs.items() if values["notes_per_measure"] == 0],
+        "diversity": diversity(list(generated.values())),
+        "data_diversity": diversity(real[:DIVERSITY_SONGS]),
+        "in_range": {
+            "songs": int(sum(low <= count <= high for count in note_counts)),
+            "of": len(note_counts),
+            "data_notes_10_90": [float(low), float(high)],
+        },
+        "features": features,
+        "mean_overlap": float(np.mean(overlaps)) if overlaps else None,
+        "data_features": {feature: [values[feature] for values in data] for feature in FEATURES},
+    }
+
+
+def _finite_mean(values):
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _finite_sd(values):
+    values = values[np.isfinite(values)]
+    return float(values.std()) if len(values) else None
