@@ -3,6 +3,7 @@
     python music_generator.py train --data SAMPLES_DIR --run-name RUN01 --run-info "why"
     python music_generator.py train --resume RUN_DIR
     python music_generator.py generate --run RUN_DIR [--songs N] [--seed S]
+    python music_generator.py evaluate --run RUN_DIR [--data SAMPLES_DIR] [--songs GLOB]
 
 The model (paper, sections 3.3.2 and 4.1). A measure encoder turns each of a song's 16
 measures (96 x 96 onsets, flattened to 9216) into 200 features through 2000 hidden units,
@@ -13,7 +14,9 @@ the latent dimensions, averaged over the batch.
 
 Each run gets its own folder (see ``RunFolder``): an info file, TensorBoard logs, the
 models, and songs decoded from the same latent vectors after every epoch, as ``.npy``,
-MIDI and piano-roll PNG, so that progress can be heard on the same seeds.
+MIDI, piano-roll PNG and WAV, so that progress can be heard on the same seeds, all shown
+on one HTML page. ``evaluate`` (run at the end of training too) measures the songs
+against the data with music_metrics.
 """
 
 import argparse
@@ -21,6 +24,7 @@ import contextlib
 import csv
 import datetime
 import gc
+import html
 import json
 import math
 import os
@@ -29,11 +33,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
 
 import data_loader
+import music_metrics
 from data_loader import ArgumentParser, UsageError, atomic_write, npy_writer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines
@@ -593,10 +600,23 @@ def piano_roll_image(song, notes, title, lowest_pitch=data_loader.LOWEST_PITCH, 
     return image
 
 
-def save_song(song, folder, name, threshold, bpm, lowest_pitch, notes_of=None):
-    """Write ``song`` as ``folder/npy/NAME.npy``, ``folder/midi/NAME.mid`` and
-    ``folder/img/NAME.png``; return (number of notes, the picture). The notes are the
-    cells of ``notes_of`` (default: ``song``) at or above ``threshold``."""
+class WrittenSong(NamedTuple):
+    name: str
+    notes: int
+    image: np.ndarray  # (height, width, 4) uint8 piano roll
+    audio: np.ndarray  # (samples,) float32, or None without --audio
+
+
+def song_seconds(measures, bpm):
+    """How long ``measures`` 4/4 measures last at ``bpm`` quarter notes a minute."""
+    return measures * 4 * 60 / bpm
+
+
+def save_song(song, folder, name, threshold, bpm, lowest_pitch, synthesizer=None, notes_of=None):
+    """Write ``song`` as ``folder/npy/NAME.npy``, ``folder/midi/NAME.mid``,
+    ``folder/img/NAME.png`` and, with a ``synthesizer``, ``folder/wav/NAME.wav``; return
+    a WrittenSong. The notes are the cells of ``notes_of`` (default: ``song``) at or
+    above ``threshold``."""
     import matplotlib.image
 
     song = np.asarray(song, np.float32)
@@ -605,19 +625,24 @@ def save_song(song, folder, name, threshold, bpm, lowest_pitch, notes_of=None):
     notes = midi.instruments[0].notes
     title = f"{name}: {len(notes)} notes (values >= {threshold:.3g})"
     image = piano_roll_image(song, notes, title, lowest_pitch, bpm)
-    for kind in ("npy", "midi", "img"):
+    kinds = ("npy", "midi", "img", "wav") if synthesizer else ("npy", "midi", "img")
+    for kind in kinds:
         (folder / kind).mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "npy" / f"{name}.npy", npy_writer(song))
     atomic_write(folder / "midi" / f"{name}.mid", midi.write)
     atomic_write(folder / "img" / f"{name}.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+    audio = None
+    if synthesizer:
+        audio = synthesizer.render(midi, song_seconds(len(song), bpm))
+        atomic_write(folder / "wav" / f"{name}.wav", data_loader.wav_writer(audio, synthesizer.sample_rate))
     if not notes:
         print(f"warning: {name} has no notes: every value is below {threshold:.3g}", file=sys.stderr)
-    return len(notes), image
+    return WrittenSong(name, len(notes), image, audio)
 
 
-def write_songs(decoder, latents, folder, prefix, threshold, notes, bpm, lowest_pitch):
+def write_songs(decoder, latents, folder, prefix, threshold, notes, bpm, lowest_pitch, synthesizer=None):
     """Decode ``latents`` and save each song as PREFIX_songNN. ``threshold`` None: pick
-    each song's own so that it has ``notes`` notes. Returns [(name, notes, picture)]."""
+    each song's own so that it has ``notes`` notes. Returns a list of WrittenSong."""
     if len(latents) == 0:  # --songs 0 or --songs-per-epoch 0
         return []
     # A direct call: for a few vectors, predict() only adds an iterator and callbacks.
@@ -625,13 +650,17 @@ def write_songs(decoder, latents, folder, prefix, threshold, notes, bpm, lowest_
     written = []
     for number, song in enumerate(songs, start=1):
         name = f"{prefix}_song{number:02d}"
-        if threshold is None:
-            kept, song_threshold = strongest_cells(song, notes)
-            n_notes, image = save_song(song, folder, name, song_threshold, bpm, lowest_pitch, notes_of=kept)
-        else:
-            n_notes, image = save_song(song, folder, name, threshold, bpm, lowest_pitch)
-        written.append((name, n_notes, image))
+        kept, song_threshold = song_notes(song, threshold, notes)
+        written.append(save_song(song, folder, name, song_threshold, bpm, lowest_pitch, synthesizer, notes_of=kept))
     return written
+
+
+def song_notes(song, threshold, notes):
+    """(the cells that are notes, the threshold they pass) by a run's rule: the cells at
+    or above ``threshold``, or, where it is None, the ``notes`` strongest cells."""
+    if threshold is None:
+        return strongest_cells(song, notes)
+    return song, threshold
 
 
 def fixed_latents(count, latent, seed):
@@ -652,7 +681,9 @@ class RunFolder:
     - ``logs/``: TensorBoard event files (``train``, ``validation``, ``songs``)
     - ``model/``: ``vae.keras`` (with the optimizer's state), ``encoder.keras``,
       ``decoder.keras``, saved after every completed epoch
-    - ``generated/npy``, ``generated/midi``, ``generated/img``: the songs
+    - ``generated/npy``, ``generated/midi``, ``generated/img``, ``generated/wav``: the songs
+    - ``index.html`` and ``losses.png``: the run page, rewritten after every epoch
+    - ``evaluation.json``, ``evaluation.png``: the evaluation of the final songs
     """
 
     def __init__(self, path):
@@ -662,6 +693,7 @@ class RunFolder:
         self.logs = self.path / "logs"
         self.model = self.path / "model"
         self.generated = self.path / "generated"
+        self.page = self.path / "index.html"
 
     @classmethod
     def create(cls, output_dir, run_name):
@@ -730,6 +762,9 @@ def info_text(state):
         f"  GFLOP a training sample  {state['speed']['gflop_per_sample']:.2f}",
         f"  peak GFLOP/s             {state['speed']['peak_gflop_per_s']:,.0f} (a measured matrix product; mfu is the share of it in use)",
         "",
+        "Songs",
+        f"  audio                    {state.get('audio', 'none')}",
+        "",
         "Environment",
         *[f"  {key:24} {value}" for key, value in state["environment"].items()],
         "",
@@ -743,6 +778,8 @@ def info_text(state):
             lines.append(f"  {row['epoch']:5d}" + "".join(cells))
     else:
         lines.append("  (no epoch completed yet)")
+    if state.get("evaluation"):
+        lines += ["", "Evaluation of the final songs (python music_generator.py evaluate)", "  " + evaluation_table(state["evaluation"])]
     return "\n".join(lines) + "\n"
 
 
@@ -765,6 +802,132 @@ def environment():
 
 def now():
     return datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------
+# The run page
+# --------------------------------------------------------------------------------------
+
+PAGE_PARAMETERS = ("data", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "precision", "latent", "seed", "threshold", "bpm")
+PAGE_STYLE = """
+body { font: 15px/1.4 system-ui, sans-serif; max-width: 1280px; margin: 1em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.15em 0.7em; text-align: right; }
+td:first-child, th:first-child { text-align: left; } tr:nth-child(even) { background: #f4f4f4; }
+.songs { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 0 1.5em; }
+figure { margin: 0.6em 0; } figure img, .picture { width: 100%; display: block; }
+figcaption { display: flex; gap: 1em; align-items: center; } audio { flex: 1; }
+.info { white-space: pre-wrap; font-size: 1.1em; }
+"""
+
+
+def loss_curve_image(history):
+    """The losses per epoch as an (height, width, 4) uint8 RGBA picture: loss,
+    reconstruction and KL side by side, training solid and validation dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(15, 3.6), dpi=100)
+    epochs = [row["epoch"] for row in history]
+    for number, name in enumerate(("loss", "reconstruction", "kl"), start=1):
+        axes = figure.add_subplot(1, 3, number)
+        for key, style, label in ((name, "-", "training"), (f"val_{name}", "--", "validation")):
+            points = [(epoch, row[key]) for epoch, row in zip(epochs, history) if key in row]
+            if points:
+                axes.plot(*zip(*points), style, marker="o", markersize=3, label=label)
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.legend()
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba()).copy()
+    figure.clear()
+    return image
+
+
+def song_groups(generated):
+    """The songs in a run's ``generated/`` folder as [(heading, [names])]: the final
+    songs, those of ``generate``, then each epoch's, newest first."""
+    names = sorted(path.stem for path in (Path(generated) / "img").glob("*.png"))
+    groups = {}
+    for name in names:
+        groups.setdefault(name.split("_song")[0], []).append(name)
+    headings = {"final": "Final songs", "sample": "Songs from generate"}
+    epochs = sorted((prefix for prefix in groups if prefix not in headings), reverse=True)
+    ordered = [(headings[prefix], groups[prefix]) for prefix in headings if prefix in groups]
+    return ordered + [(f"Epoch {prefix.removeprefix('epoch').lstrip('0') or '0'}" if prefix.startswith("epoch") else prefix, groups[prefix]) for prefix in epochs]
+
+
+def run_page(run, state, evaluation=None):
+    """The HTML of ``RUN_DIR/index.html``: the run's info, losses and evaluation, then
+    every song with its piano roll, an audio player and a link to its MIDI file. Links
+    are relative, so the page works from disk and from a copy of the folder."""
+    escape = html.escape
+
+    def link(*parts):
+        return escape(quote("/".join(parts)))
+
+    parameters = state["parameters"]
+    rows = [("run folder", run.path.name), ("status", f"{state['status']}, {state['epochs_done']} of {parameters['epochs']} epochs done")]
+    rows += [(f"--{key.replace('_', '-')}", parameters[key]) for key in PAGE_PARAMETERS if key in parameters]
+    if "model" in state:
+        rows.append(("parameters of the model", f"{state['model']['parameters']:,}"))
+    if "data" in state:
+        rows.append(("samples", f"{state['data']['samples']}: {state['data']['training']} for training, {state['data']['validation']} for validation"))
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(state['run'])}</title><style>{PAGE_STYLE}</style></head><body>",
+        f"<h1>{escape(state['run'])}</h1>",
+        f'<p class="info">{escape(state["run_info"] or "(no --run-info given)")}</p>',
+        "<table>",
+        *[f"<tr><td>{escape(str(key))}</td><td>{escape(str(value))}</td></tr>" for key, value in rows],
+        "</table>",
+        f'<p>Every parameter, the data and the environment: <a href="{link(run.info.name)}">{escape(run.info.name)}</a>.</p>',
+        "<h2>Losses</h2>",
+    ]
+    history = state["history"]
+    if history:
+        columns = list(dict.fromkeys(key for row in history for key in row if key != "epoch"))
+        lines += [
+            f'<img class="picture" src="losses.png" alt="losses per epoch">',
+            "<table><tr><th>epoch</th>" + "".join(f"<th>{escape(column)}</th>" for column in columns) + "</tr>",
+            *[f"<tr><td>{row['epoch']}</td>" + "".join(f"<td>{row[column]:.4g}</td>" if column in row else "<td></td>" for column in columns) + "</tr>" for row in history],
+            "</table>",
+        ]
+    else:
+        lines.append("<p>No epoch completed yet.</p>")
+    if evaluation:
+        lines += ["<h2>Evaluation</h2>", *evaluation_html(evaluation), '<img class="picture" src="evaluation.png" alt="generated and real distributions">']
+    for heading, names in song_groups(run.generated):
+        lines.append(f'<h2>{escape(heading)}</h2><div class="songs">')
+        for name in names:
+            audio = (run.generated / "wav" / f"{name}.wav").is_file()
+            lines += [
+                "<figure>",
+                f'<a href="{link("generated", "img", name + ".png")}"><img src="{link("generated", "img", name + ".png")}" alt="piano roll of {escape(name)}"></a>',
+                f"<figcaption><b>{escape(name)}</b>",
+                f'<audio controls preload="metadata" src="{link("generated", "wav", name + ".wav")}"></audio>' if audio else "<span>(no audio)</span>",
+                f'<a href="{link("generated", "midi", name + ".mid")}">MIDI</a></figcaption>',
+                "</figure>",
+            ]
+        lines.append("</div>")
+    lines += [f"<p><small>Written {escape(now())} by music_generator.py.</small></p>", "</body></html>"]
+    return "\n".join(lines) + "\n"
+
+
+def write_run_page(run, state):
+    """Write (again) ``RUN_DIR/index.html`` and its loss curve ``losses.png``."""
+    import matplotlib.image
+
+    if state["history"]:
+        image = loss_curve_image(state["history"])
+        atomic_write(run.path / "losses.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+    evaluation = None
+    with contextlib.suppress(OSError, ValueError):
+        evaluation = json.loads((run.path / "evaluation.json").read_text())
+    atomic_write(run.page, lambda path: Path(path).write_text(run_page(run, state, evaluation), encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------------------
@@ -843,17 +1006,20 @@ class EpochEnd(keras.callbacks.Callback):
         written = write_songs(self.model.decoder, self.latents, self.run.generated, f"epoch{epoch + 1:03d}", **self.songs)
         if self.tensorboard:
             self.tensorboard.songs(written, epoch + 1)
+        write_run_page(self.run, self.state)
         # Every picture leaves megabytes in matplotlib's reference cycles, which Python's
         # collector frees only now and then: memory would climb for epochs, then drop.
         # Freeing them now keeps it flat (160 ms on a 2-core machine).
         gc.collect()
-        print(f"epoch {epoch + 1}: model saved; songs with " + ", ".join(str(notes) for _, notes, _ in written) + " notes")
+        print(f"epoch {epoch + 1}: model saved; songs with " + ", ".join(str(song.notes) for song in written) + " notes")
 
 
 class TensorBoardLog(keras.callbacks.Callback):
     """TensorBoard event files in ``logs/``: the losses per epoch (``train/`` and
-    ``validation/``, tags ``epoch_loss``, ``epoch_reconstruction``, ``epoch_kl``), every
-    ``every`` batches (``batch_*``), and the pictures of the epoch songs (``songs/``).
+    ``validation/``, tags ``epoch_loss``, ``epoch_reconstruction``, ``epoch_kl``), with
+    ``epoch_samples_per_s``, ``epoch_mfu`` and ``epoch_learning_rate`` in ``train/``;
+    the same every ``every`` batches (``batch_*``); the pictures and the sound of the
+    epoch songs (``songs/``); the evaluation at the end (``evaluation/``).
 
     Keras' own TensorBoard callback drops the epoch losses whenever the batches of an
     epoch are not a multiple of its ``update_freq`` (tensorflow/tensorboard#4975).
@@ -865,6 +1031,7 @@ class TensorBoardLog(keras.callbacks.Callback):
 
         self.summary = tf.summary
         self.writers = {name: tf.summary.create_file_writer(str(Path(log_dir) / name)) for name in ("train", "validation", "songs")}
+        self.log_dir = Path(log_dir)
         self.every = every
         self.batch = first_batch
 
@@ -893,17 +1060,35 @@ class TensorBoardLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self._scalars("train", "epoch", {k: v for k, v in logs.items() if not k.startswith("val_")}, epoch + 1)
+        training = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        training["learning_rate"] = ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        self._scalars("train", "epoch", training, epoch + 1)
         self._scalars("validation", "epoch", {k[4:]: v for k, v in logs.items() if k.startswith("val_")}, epoch + 1)
         for writer in self.writers.values():
             writer.flush()
 
-    def songs(self, written, epoch):
-        """Show the pictures of ``written`` (from write_songs) at ``epoch``."""
+    def songs(self, written, epoch, sample_rate=data_loader.AUDIO_SAMPLE_RATE):
+        """Show the pictures of ``written`` (WrittenSongs) at ``epoch``, and play their
+        audio where they have some."""
         with self.writers["songs"].as_default():
-            for name, _, image in written:
-                self.summary.image(name.split("_", 1)[1], image[np.newaxis], step=epoch)
+            for song in written:
+                tag = song.name.split("_", 1)[1]
+                self.summary.image(tag, song.image[np.newaxis], step=epoch)
+                if song.audio is not None:
+                    with _quiet_stderr():  # TensorFlow's WAV encoder logs a line about oneDNN
+                        self.summary.audio(f"{tag}_audio", song.audio[np.newaxis, :, np.newaxis], sample_rate, step=epoch, encoding="wav")
         self.writers["songs"].flush()
+
+    def evaluation(self, results, image, step):
+        """The end-of-training evaluation: its numbers as ``evaluation/*`` scalars and its
+        picture, in ``logs/evaluation``."""
+        import tensorflow as tf
+
+        with tf.summary.create_file_writer(str(self.log_dir / "evaluation")).as_default() as writer:
+            for name, value in evaluation_scalars(results).items():
+                self.summary.scalar(f"evaluation/{name}", value, step=step)
+            self.summary.image("evaluation", image[np.newaxis], step=step)
+            writer.flush()
 
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
@@ -920,6 +1105,7 @@ def train(args):
     keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
     data = read_data(args.data, args.validation_split, args.seed)
     jit = default_jit() if args.jit is None else args.jit
+    synthesizer = song_synthesizer(args)
 
     if run is None:
         run = RunFolder.create(args.output_dir, args.run_name)
@@ -945,11 +1131,12 @@ def train(args):
     state["model"] = {"parameters": vae.count_params(), "encoder": vae.encoder.count_params(), "decoder": vae.decoder.count_params()}
     state["speed"] = {"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9}
     state["environment"] = environment()
+    state["audio"] = str(synthesizer) if synthesizer else "none (--no-audio)"
     state["status"] = "training"
     state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
     run.save(state)
 
-    songs = dict(threshold=args.threshold, notes=data["mean_notes"], bpm=args.bpm, lowest_pitch=data["lowest_pitch"])
+    songs = dict(threshold=args.threshold, notes=data["mean_notes"], bpm=args.bpm, lowest_pitch=data["lowest_pitch"], synthesizer=synthesizer)
     tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
     epoch_end = EpochEnd(run, state, fixed_latents(args.songs_per_epoch, args.latent, args.seed), songs, tensorboard)
     speedometer = Speedometer(len(data["training"]), args.batch_size, flops, peak)
@@ -985,9 +1172,18 @@ def train(args):
         return 1
 
     written = write_songs(vae.decoder, fixed_latents(args.songs, args.latent, args.seed + 1), run.generated, "final", **songs)
+    if written:
+        song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
+        results = evaluate_songs(vae.encoder, vae.decoder, song_paths, data["training"] + data["validation"], data["validation"], args.threshold, data["mean_notes"], data["lowest_pitch"], seed=args.seed)
+        results["compared"]["data_folder"] = data["folder"]
+        state["evaluation"], image = write_evaluation(run, results)
+        if tensorboard:
+            tensorboard.evaluation(results, image, state["epochs_done"])
+        print("Evaluation: " + evaluation_table(results))
     finish(run, state, "finished")
     print(f"Done: {run.path}")
     print(f"  songs:       {run.generated / 'midi'} ({len(written)} final songs, and {args.songs_per_epoch} per epoch)")
+    print(f"  page:        {run.page} (open it in a browser: songs to see and hear)")
     print(f"  info:        {run.info}")
     print(f"  TensorBoard: tensorboard --logdir {run.logs}")
     return 0
@@ -1051,6 +1247,18 @@ def finish(run, state, status):
     state["status"] = status
     state["sessions"][-1]["ended"] = now()
     run.save(state)
+    write_run_page(run, state)
+
+
+def song_synthesizer(args):
+    """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
+    installed), or None with ``--no-audio``."""
+    if not args.audio:
+        return None
+    synthesizer = data_loader.Synthesizer(args.soundfont) if args.soundfont else data_loader.Synthesizer.best()
+    if not synthesizer.fluidsynth:
+        print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)
+    return synthesizer
 
 
 # --------------------------------------------------------------------------------------
@@ -1078,8 +1286,246 @@ def generate(args):
         notes=data["mean_notes"],
         bpm=args.bpm or parameters["bpm"],
         lowest_pitch=data["lowest_pitch"],
+        synthesizer=song_synthesizer(args),
     )
-    print(f"{len(written)} songs with seed {seed} in {folder}: " + ", ".join(f"{name} ({notes} notes)" for name, notes, _ in written))
+    if folder.resolve() == run.generated.resolve():
+        write_run_page(run, state)
+    print(f"{len(written)} songs with seed {seed} in {folder}: " + ", ".join(f"{song.name} ({song.notes} notes)" for song in written))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------
+
+EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
+EVALUATION_BATCH = 32
+
+
+def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold, notes, lowest_pitch, samples=EVALUATION_SAMPLES, seed=SEED):
+    """Judge generated MIDI songs against the data, and the model on it.
+
+    Parameters
+    ----------
+    encoder, decoder : keras.Model
+    song_paths : list of Path
+        Generated MIDI files; each is read back into onsets (what is heard).
+    data_paths : list of Path
+        Samples of the data; up to ``samples`` of them, drawn with ``seed``, are used.
+    held_out : list of Path
+        Samples the model has not trained on, reconstructed for precision and recall.
+    threshold, notes
+        The run's rule for which cells of a decoded song are notes (see song_notes).
+    lowest_pitch : int
+
+    Returns
+    -------
+    dict
+        music_metrics.compare's results, plus ``latent`` (active units, KL per
+        dimension), ``reconstruction`` (precision, recall, F1; None without held-out
+        samples) and what was compared.
+    """
+    measures = encoder.input.shape[1]
+    generated = {}
+    for path in song_paths:
+        try:
+            generated[path.stem] = data_loader.midi_to_song(path, lowest_pitch, measures)
+        except data_loader.SkipFile as error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+    data_paths = subset(data_paths, samples, seed)
+    real = [read_sample(path) for path in data_paths]
+    results = music_metrics.compare(generated, real, lowest_pitch)
+    z_mean, z_log_var = encode(encoder, real)
+    kl = music_metrics.kl_per_dimension(z_mean, z_log_var)
+    results["latent"] = {"active_units": int(np.sum(kl > music_metrics.ACTIVE_KL)), "of": len(kl), "kl_per_dimension": [round(float(value), 5) for value in kl]}
+    held_out = subset(held_out, samples, seed)
+    results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out, threshold, notes) if held_out else None
+    results["compared"] = {"songs": [str(path) for path in song_paths], "data_samples": len(data_paths), "held_out_samples": len(held_out)}
+    return results
+
+
+def subset(paths, count, seed):
+    """Up to ``count`` of ``paths``, drawn at random with ``seed``, in their order."""
+    if len(paths) <= count:
+        return list(paths)
+    chosen = np.random.default_rng(seed).choice(len(paths), size=count, replace=False)
+    return [paths[i] for i in sorted(chosen)]
+
+
+def read_sample(path):
+    return (np.load(path) != 0).view(np.uint8)
+
+
+def encode(encoder, songs):
+    """(z_mean, z_log_var) of ``songs``, each (songs, latent), in batches."""
+    means, log_variances = [], []
+    for start in range(0, len(songs), EVALUATION_BATCH):
+        batch = np.stack(songs[start : start + EVALUATION_BATCH]).astype(np.float32)
+        z_mean, z_log_var, _ = encoder(ops.convert_to_tensor(batch), training=False)
+        means.append(ops.convert_to_numpy(z_mean))
+        log_variances.append(ops.convert_to_numpy(z_log_var))
+    latent = encoder.output[0].shape[-1]
+    return np.concatenate(means or [np.zeros((0, latent))]), np.concatenate(log_variances or [np.zeros((0, latent))])
+
+
+def reconstruction_scores(encoder, decoder, paths, threshold, notes):
+    """Onset precision, recall and F1 of the decoded z_mean of each sample in ``paths``,
+    with its notes picked as the run picks a song's notes."""
+    correct = true_notes = predicted_notes = 0
+    for start in range(0, len(paths), EVALUATION_BATCH):
+        songs = [read_sample(path) for path in paths[start : start + EVALUATION_BATCH]]
+        z_mean, _ = encode(encoder, songs)
+        decoded = ops.convert_to_numpy(decoder(ops.convert_to_tensor(z_mean), training=False))
+        for song, values in zip(songs, decoded):
+            kept, song_threshold = song_notes(values, threshold, notes)
+            predicted = kept >= song_threshold
+            correct += np.count_nonzero(predicted & (song != 0))
+            true_notes += np.count_nonzero(song)
+            predicted_notes += np.count_nonzero(predicted)
+    return {**music_metrics.scores_of_counts(correct, true_notes, predicted_notes), "samples": len(paths)}
+
+
+def evaluation_image(results):
+    """Generated and real distribution of every feature side by side, with their
+    overlap, and the KL of each latent dimension, as an RGBA uint8 picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(16, 7), dpi=100)
+    for number, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
+        axes = figure.add_subplot(2, 4, number)
+        real = np.array(results["data_features"][feature], np.float64)
+        ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
+        real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
+        edges = np.histogram_bin_edges(np.concatenate([real, ours]), bins=20) if len(real) + len(ours) else 20
+        axes.hist(real, bins=edges, density=True, color="0.6", label="data")
+        axes.hist(ours, bins=edges, density=True, histtype="step", linewidth=2, color="tab:red", label="generated")
+        overlap = results["features"][feature]["overlap"]
+        axes.set_title(f"{label}\noverlap {overlap:.2f}" if overlap is not None else f"{label}\noverlap: no values", fontsize=10)
+        axes.set_yticks([])
+        if number == 1:
+            axes.legend(fontsize=8)
+    axes = figure.add_subplot(2, 4, 8)
+    kl = np.sort(results["latent"]["kl_per_dimension"])[::-1]
+    axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
+    axes.axhline(music_metrics.ACTIVE_KL, color="tab:red", linewidth=1)
+    axes.set_yscale("symlog", linthresh=music_metrics.ACTIVE_KL)
+    axes.set_title(f"KL per latent dimension, sorted\n{results['latent']['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL})", fontsize=10)
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba()).copy()
+    figure.clear()
+    return image
+
+
+def write_evaluation(run, results):
+    """``RUN_DIR/evaluation.json`` (everything but the data's per-song values) and
+    ``evaluation.png``; returns (the JSON's content, the picture)."""
+    import matplotlib.image
+
+    saved = {key: value for key, value in results.items() if key != "data_features"}
+    image = evaluation_image(results)
+    atomic_write(run.path / "evaluation.json", lambda path: Path(path).write_text(json.dumps(saved, indent=1)))
+    atomic_write(run.path / "evaluation.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+    return saved, image
+
+
+def _number(value, digits=2):
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def evaluation_summary(results):
+    """The evaluation's numbers over songs, as (label, value) pairs."""
+    in_range, latent, scores = results["in_range"], results["latent"], results["reconstruction"]
+    low, high = in_range["data_notes_10_90"]
+    rows = [
+        ("mean overlap with the data", _number(results["mean_overlap"])),
+        ("diversity between the songs (the data's)", f"{_number(results['diversity'])} ({_number(results['data_diversity'])})"),
+        (f"songs with {low:.0f}-{high:.0f} notes, the data's 10-90% range", f"{in_range['songs']} of {in_range['of']}"),
+        ("silent songs", ", ".join(results["silent_songs"]) or "none"),
+        (f"active latent units (mean KL > {music_metrics.ACTIVE_KL})", f"{latent['active_units']} of {latent['of']}"),
+    ]
+    if scores:
+        rows.append((f"reconstruction of {scores['samples']} held-out samples", f"precision {_number(scores['precision'])}, recall {_number(scores['recall'])}, F1 {_number(scores['f1'])}"))
+    else:
+        rows.append(("reconstruction", "no held-out samples"))
+    return rows
+
+
+def evaluation_table(results):
+    """The evaluation as plain-text tables: features, summary, then song by song."""
+    compared = results["compared"]
+    lines = [f"{len(results['songs'])} songs against {compared['data_samples']} data samples", ""]
+    lines.append(f"  {'feature':40}{'generated':>16}{'data':>16}{'overlap':>9}")
+    for feature, (label, _) in music_metrics.FEATURES.items():
+        values = results["features"][feature]
+        generated = f"{_number(values['generated_mean'])} ± {_number(values['generated_sd'])}"
+        data = f"{_number(values['data_mean'])} ± {_number(values['data_sd'])}"
+        lines.append(f"  {label:40}{generated:>16}{data:>16}{_number(values['overlap']):>9}")
+    lines.append("")
+    lines += [f"  {label:54} {value}" for label, value in evaluation_summary(results)]
+    if results["songs"]:
+        width = max(len(name) for name in results["songs"]) + 2
+        lines += ["", "  " + "song".ljust(width) + "".join(f"{short:>9}" for _, short in music_metrics.FEATURES.values())]
+        for name, values in results["songs"].items():
+            lines.append("  " + name.ljust(width) + "".join(f"{_number(values[feature]):>9}" for feature in music_metrics.FEATURES))
+    return "\n".join(lines)
+
+
+def evaluation_html(results):
+    """The evaluation as HTML tables, for the run page."""
+    escape = html.escape
+    lines = ["<table><tr><th>feature</th><th>generated</th><th>data</th><th>overlap</th></tr>"]
+    for feature, (label, _) in music_metrics.FEATURES.items():
+        values = results["features"][feature]
+        lines.append(
+            f"<tr><td>{escape(label)}</td><td>{_number(values['generated_mean'])} ± {_number(values['generated_sd'])}</td>"
+            f"<td>{_number(values['data_mean'])} ± {_number(values['data_sd'])}</td><td>{_number(values['overlap'])}</td></tr>"
+        )
+    lines.append("</table><table>")
+    lines += [f"<tr><td>{escape(label)}</td><td>{escape(value)}</td></tr>" for label, value in evaluation_summary(results)]
+    lines.append("</table>")
+    return lines
+
+
+def evaluation_scalars(results):
+    """The evaluation's main numbers, for TensorBoard."""
+    scalars = {f"overlap_{feature}": values["overlap"] for feature, values in results["features"].items()}
+    scalars.update(mean_overlap=results["mean_overlap"], diversity=results["diversity"], active_units=results["latent"]["active_units"])
+    scalars["songs_in_range"] = results["in_range"]["songs"] / max(results["in_range"]["of"], 1)
+    for key in ("precision", "recall", "f1"):
+        scalars[f"reconstruction_{key}"] = (results["reconstruction"] or {}).get(key)
+    return {name: float(value) for name, value in scalars.items() if value is not None}
+
+
+def evaluate(args):
+    """The evaluate command: judge a run's songs and model against the data."""
+    run = RunFolder.open(args.run)
+    state = run.load_state()
+    parameters, data = state["parameters"], state["data"]
+    pattern = Path(args.songs)
+    song_paths = sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if pattern.is_absolute() else (run.generated / "midi").glob(args.songs))
+    song_paths = [path for path in song_paths if path.is_file()]
+    if not song_paths:
+        raise UsageError(f"no songs match {args.songs!r} in {run.generated / 'midi'}")
+    shape = (data["measures"], data_loader.MEASURE_SIZE)
+    data_dir = args.data or data["folder"]
+    data_paths, _ = find_samples(data_dir, shape)
+    if args.validation:
+        held_out, _ = find_samples(args.validation, shape)
+    elif Path(data["folder"]).is_dir():
+        _, held_out = split_samples(find_samples(data["folder"], shape)[0], parameters["validation_split"], parameters["seed"], data["folder"])
+    else:
+        raise UsageError(f"the run's data folder {data['folder']} is gone, and with it its validation split: pass --validation SAMPLES_DIR")
+    encoder = keras.saving.load_model(run.model / "encoder.keras")
+    decoder = keras.saving.load_model(run.model / "decoder.keras")
+    results = evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, parameters["threshold"], data["mean_notes"], data["lowest_pitch"], args.samples)
+    results["compared"]["data_folder"] = str(Path(data_dir).resolve())
+    write_evaluation(run, results)
+    write_run_page(run, state)
+    print(f"Evaluation of {run.path.name}: " + evaluation_table(results))
+    print(f"Wrote {run.path / 'evaluation.json'} and {run.path / 'evaluation.png'}")
     return 0
 
 
@@ -1130,12 +1576,22 @@ def parse_args(argv=None):
     generate_parser.add_argument("--output-dir", help="folder for npy/, midi/ and img/ (default: RUN_DIR/generated)")
     add_song_options(generate_parser, bpm_default=None)
     generate_parser.set_defaults(run_command=generate)
+
+    evaluate_parser = commands.add_parser("evaluate", help="judge a run's songs and model against the data", description="Compare a run's generated songs with the data (music features, their overlap, diversity), count the model's active latent units and score its reconstructions; writes RUN_DIR/evaluation.json and evaluation.png.")
+    evaluate_parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+    evaluate_parser.add_argument("--data", metavar="SAMPLES_DIR", help="samples to compare the songs with (default: the run's own data folder)")
+    evaluate_parser.add_argument("--songs", default="final_*.mid", metavar="GLOB", help="MIDI files to judge, matched in RUN_DIR/generated/midi unless absolute (default: %(default)s)")
+    evaluate_parser.add_argument("--validation", metavar="SAMPLES_DIR", help="held-out samples to reconstruct (default: the run's validation split)")
+    evaluate_parser.add_argument("--samples", type=int_between(1), default=EVALUATION_SAMPLES, help="data and held-out samples used at most, drawn at random (default: %(default)s)")
+    evaluate_parser.set_defaults(run_command=evaluate)
     return parser.parse_args(argv)
 
 
 def add_song_options(parser, bpm_default=data_loader.DEFAULT_BPM):
     parser.add_argument("--threshold", type=probability, default=None, help="notes are the cells at or above this value (default: each song's own, so that it has as many notes as the average training sample)")
     parser.add_argument("--bpm", type=data_loader.positive_float, default=bpm_default, help="tempo of the MIDI files in quarter notes per minute (default: " + (f"{bpm_default:g})" if bpm_default else "the run's)"))
+    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="render every song as a WAV file too, with FluidSynth where installed, else with sine waves (default: on)")
+    parser.add_argument("--soundfont", metavar="SF2", help="SoundFont for FluidSynth (default: the General MIDI one installed, e.g. Debian's fluid-soundfont-gm)")
 
 
 def share(text):
