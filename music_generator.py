@@ -779,7 +779,7 @@ def info_text(state):
     else:
         lines.append("  (no epoch completed yet)")
     if state.get("evaluation"):
-        lines += ["", "Evaluation of the final songs (python music_generator.py evaluate)", "  " + evaluation_table(state["evaluation"])]
+        lines += ["", "Evaluation (the latest: at the end of training, or by python music_generator.py evaluate)", "  " + evaluation_table(state["evaluation"])]
     return "\n".join(lines) + "\n"
 
 
@@ -854,9 +854,10 @@ def song_groups(generated):
     for name in names:
         groups.setdefault(name.split("_song")[0], []).append(name)
     headings = {"final": "Final songs", "sample": "Songs from generate"}
-    epochs = sorted((prefix for prefix in groups if prefix not in headings), reverse=True)
+    epochs = sorted((prefix for prefix in groups if re.fullmatch(r"epoch\d+", prefix)), key=lambda prefix: -int(prefix[5:]))
+    others = sorted(prefix for prefix in groups if prefix not in headings and prefix not in epochs)
     ordered = [(headings[prefix], groups[prefix]) for prefix in headings if prefix in groups]
-    return ordered + [(f"Epoch {prefix.removeprefix('epoch').lstrip('0') or '0'}" if prefix.startswith("epoch") else prefix, groups[prefix]) for prefix in epochs]
+    return ordered + [(f"Epoch {int(prefix[5:])}", groups[prefix]) for prefix in epochs] + [(prefix, groups[prefix]) for prefix in others]
 
 
 def run_page(run, state, evaluation=None):
@@ -899,7 +900,11 @@ def run_page(run, state, evaluation=None):
     else:
         lines.append("<p>No epoch completed yet.</p>")
     if evaluation:
-        lines += ["<h2>Evaluation</h2>", *evaluation_html(evaluation), '<img class="picture" src="evaluation.png" alt="generated and real distributions">']
+        try:
+            table = evaluation_html(evaluation)
+        except (KeyError, TypeError, AttributeError):  # an evaluation.json of another version
+            table = ["<p>(evaluation.json is not one this version reads: run evaluate again)</p>"]
+        lines += ["<h2>Evaluation</h2>", *table, '<img class="picture" src="evaluation.png" alt="generated and real distributions">']
     for heading, names in song_groups(run.generated):
         lines.append(f'<h2>{escape(heading)}</h2><div class="songs">')
         for name in names:
@@ -1154,32 +1159,34 @@ def train(args):
             callbacks=[c for c in (keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end) if c],
             verbose=1 if sys.stdout.isatty() else 2,
         )
+        if epoch_end.stopped:
+            finish(run, state, f"stopped: {epoch_end.stopped}")
+            print(
+                f"music_generator.py: error: training stopped: {epoch_end.stopped}; the model of epoch "
+                f"{state['epochs_done']} is kept in {run.model}. Try a lower --lr.",
+                file=sys.stderr,
+            )
+            return 1
+        written = write_songs(vae.decoder, fixed_latents(args.songs, args.latent, args.seed + 1), run.generated, "final", **songs)
+        if written:
+            song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
+            results = evaluate_songs(vae.encoder, vae.decoder, song_paths, data["training"] + data["validation"], data["validation"], args.threshold, data["mean_notes"], data["lowest_pitch"], seed=args.seed)
+            results["compared"]["data_folder"] = data["folder"]
+            state["evaluation"], image = write_evaluation(run, results)
+            if tensorboard:
+                tensorboard.evaluation(results, image, state["epochs_done"])
+            print("Evaluation: " + evaluation_table(results))
     except KeyboardInterrupt:
         finish(run, state, f"interrupted after epoch {state['epochs_done']}")
-        print(f"Interrupted. Continue with: python music_generator.py train --resume {run.path}", file=sys.stderr)
+        if state["epochs_done"] < args.epochs:
+            print(f"Interrupted. Continue with: python music_generator.py train --resume {run.path}", file=sys.stderr)
+        else:
+            print(f"Interrupted after the last epoch. Songs: python music_generator.py generate --run {run.path}; judge them with: evaluate --run {run.path} --songs 'sample_*'", file=sys.stderr)
         return 130
     except Exception as error:
         with contextlib.suppress(OSError):  # with a full disk, even this may fail
             finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
         raise
-    if epoch_end.stopped:
-        finish(run, state, f"stopped: {epoch_end.stopped}")
-        print(
-            f"music_generator.py: error: training stopped: {epoch_end.stopped}; the model of epoch "
-            f"{state['epochs_done']} is kept in {run.model}. Try a lower --lr.",
-            file=sys.stderr,
-        )
-        return 1
-
-    written = write_songs(vae.decoder, fixed_latents(args.songs, args.latent, args.seed + 1), run.generated, "final", **songs)
-    if written:
-        song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
-        results = evaluate_songs(vae.encoder, vae.decoder, song_paths, data["training"] + data["validation"], data["validation"], args.threshold, data["mean_notes"], data["lowest_pitch"], seed=args.seed)
-        results["compared"]["data_folder"] = data["folder"]
-        state["evaluation"], image = write_evaluation(run, results)
-        if tensorboard:
-            tensorboard.evaluation(results, image, state["epochs_done"])
-        print("Evaluation: " + evaluation_table(results))
     finish(run, state, "finished")
     print(f"Done: {run.path}")
     print(f"  songs:       {run.generated / 'midi'} ({len(written)} final songs, and {args.songs_per_epoch} per epoch)")
@@ -1200,7 +1207,10 @@ def open_run(args):
     run = RunFolder.open(args.resume)
     state = run.load_state()
     epochs = args.epochs
-    args = argparse.Namespace(**{**vars(args), **state["parameters"], "resume": args.resume})
+    # How songs sound is this machine's business (its FluidSynth, its SoundFont files).
+    sound = {"audio": args.audio, "soundfont": args.soundfont}
+    args = argparse.Namespace(**{**vars(args), **state["parameters"], **sound, "resume": args.resume})
+    state["parameters"].update(sound)
     if epochs is not None:
         args.epochs = state["parameters"]["epochs"] = epochs
     if state["epochs_done"] >= args.epochs:
@@ -1327,10 +1337,11 @@ def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold
     """
     measures = encoder.input.shape[1]
     generated = {}
+    repeated = {stem for stem in (path.stem for path in song_paths) if sum(p.stem == stem for p in song_paths) > 1}
     for path in song_paths:
         try:
-            generated[path.stem] = data_loader.midi_to_song(path, lowest_pitch, measures)
-        except data_loader.SkipFile as error:
+            generated[str(path) if path.stem in repeated else path.stem] = data_loader.midi_to_song(path, lowest_pitch, measures)
+        except (data_loader.SkipFile, OSError) as error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
     data_paths = subset(data_paths, samples, seed)
     real = [read_sample(path) for path in data_paths]
@@ -1345,9 +1356,11 @@ def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold
 
 
 def subset(paths, count, seed):
-    """Up to ``count`` of ``paths``, drawn at random with ``seed``, in their order."""
+    """Up to ``count`` of ``paths``, drawn at random with ``seed``: the same ones for the
+    same paths in any order."""
+    paths = sorted(paths)
     if len(paths) <= count:
-        return list(paths)
+        return paths
     chosen = np.random.default_rng(seed).choice(len(paths), size=count, replace=False)
     return [paths[i] for i in sorted(chosen)]
 
@@ -1424,11 +1437,22 @@ def write_evaluation(run, results):
     ``evaluation.png``; returns (the JSON's content, the picture)."""
     import matplotlib.image
 
-    saved = {key: value for key, value in results.items() if key != "data_features"}
+    saved = finite({key: value for key, value in results.items() if key != "data_features"})
     image = evaluation_image(results)
-    atomic_write(run.path / "evaluation.json", lambda path: Path(path).write_text(json.dumps(saved, indent=1)))
+    atomic_write(run.path / "evaluation.json", lambda path: Path(path).write_text(json.dumps(saved, indent=1, allow_nan=False)))
     atomic_write(run.path / "evaluation.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
     return saved, image
+
+
+def finite(value):
+    """``value`` with NaN (a feature a silent song has none of) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _number(value, digits=2):
@@ -1499,16 +1523,29 @@ def evaluation_scalars(results):
     return {name: float(value) for name, value in scalars.items() if value is not None}
 
 
+def find_songs(run, pattern):
+    """The MIDI files that ``pattern`` matches: in ``RUN_DIR/generated/midi``, or where it
+    says when it is absolute."""
+    path = Path(pattern)
+    try:
+        if path.is_absolute():
+            found = Path(path.anchor).glob(str(path.relative_to(path.anchor)))
+        else:
+            found = (run.generated / "midi").glob(pattern)
+        songs = sorted(song for song in found if song.is_file())
+    except (ValueError, IndexError, NotImplementedError):  # "", ".", "/" and other non-patterns
+        raise UsageError(f"--songs {pattern!r} is not a pattern of MIDI files, such as 'final_*.mid'") from None
+    if not songs:
+        raise UsageError(f"no songs match {pattern!r} in {run.generated / 'midi'}")
+    return songs
+
+
 def evaluate(args):
     """The evaluate command: judge a run's songs and model against the data."""
     run = RunFolder.open(args.run)
     state = run.load_state()
     parameters, data = state["parameters"], state["data"]
-    pattern = Path(args.songs)
-    song_paths = sorted(Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if pattern.is_absolute() else (run.generated / "midi").glob(args.songs))
-    song_paths = [path for path in song_paths if path.is_file()]
-    if not song_paths:
-        raise UsageError(f"no songs match {args.songs!r} in {run.generated / 'midi'}")
+    song_paths = find_songs(run, args.songs)
     shape = (data["measures"], data_loader.MEASURE_SIZE)
     data_dir = args.data or data["folder"]
     data_paths, _ = find_samples(data_dir, shape)
@@ -1520,9 +1557,12 @@ def evaluate(args):
         raise UsageError(f"the run's data folder {data['folder']} is gone, and with it its validation split: pass --validation SAMPLES_DIR")
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
-    results = evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, parameters["threshold"], data["mean_notes"], data["lowest_pitch"], args.samples)
+    results = evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, parameters["threshold"], data["mean_notes"], data["lowest_pitch"], args.samples, parameters["seed"])
+    if not results["songs"]:
+        raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
     results["compared"]["data_folder"] = str(Path(data_dir).resolve())
-    write_evaluation(run, results)
+    state["evaluation"], _ = write_evaluation(run, results)
+    run.save(state)
     write_run_page(run, state)
     print(f"Evaluation of {run.path.name}: " + evaluation_table(results))
     print(f"Wrote {run.path / 'evaluation.json'} and {run.path / 'evaluation.png'}")

@@ -6,11 +6,12 @@ Songs are onset arrays as data_loader makes them: (measures, 9216), cell ``pitch
 step`` non-zero where a note starts. Everything here is numpy; music_generator's
 ``evaluate`` command puts it together with the model.
 
-The distance between the generated and the real songs follows Yang and Lerch, "On the
-evaluation of generative models in music" (Neural Computing and Applications, 2018): the
-overlapping area of the two distributions of each feature, each estimated with a
-Gaussian kernel density (Scott's bandwidth, as scipy's ``gaussian_kde``): 1 where they
-are the same, 0 where they share nothing.
+The distance between the generated and the real songs is the overlapping area of Yang and
+Lerch, "On the evaluation of generative models in music" (Neural Computing and
+Applications, 2018), applied to the distributions of each feature's values (they apply it
+to distances between songs as well): the area shared by the two Gaussian kernel
+densities (Scott's bandwidth, as scipy's ``gaussian_kde``), 1 where they are the same, 0
+where they share nothing.
 """
 
 import numpy as np
@@ -95,8 +96,9 @@ def song_features(song, lowest_pitch=data_loader.LOWEST_PITCH):
 
 
 def diversity(songs):
-    """Mean of 1 - Jaccard index over all pairs of ``songs``: 0 where they are all the
-    same, 1 where no two share a note. None for fewer than two songs."""
+    """Mean of 1 - Jaccard index over all pairs of the first DIVERSITY_SONGS ``songs``: 0
+    where they are all the same, 1 where no two share a note. None for fewer than two."""
+    songs = list(songs)[:DIVERSITY_SONGS]
     if len(songs) < 2:
         return None
     flat = np.stack([np.ravel(song) for song in songs])
@@ -128,7 +130,7 @@ def overlapping_area(generated, real, points=2001):
     # Scott's rule. A constant sample (songs with exactly the data's mean note count, say)
     # would have a kernel of zero width: it takes the other sample's, or where both are
     # constant, a width the grid still resolves.
-    scott = [values.std() * len(values) ** -0.2 for values in samples]
+    scott = [values.std(ddof=1 if len(values) > 1 else 0) * len(values) ** -0.2 for values in samples]
     floor = (high - low or 1.0) / 200
     bandwidths = [max(own or other, floor) for own, other in zip(scott, scott[::-1])]
     grid = np.linspace(low - 4 * max(bandwidths), high + 4 * max(bandwidths), points)
@@ -230,7 +232,7 @@ def compare(generated, real, lowest_pitch=data_loader.LOWEST_PITCH):
         "songs": songs,
         "silent_songs": [name for name, values in songs.items() if values["notes_per_measure"] == 0],
         "diversity": diversity(list(generated.values())),
-        "data_diversity": diversity(real[:DIVERSITY_SONGS]),
+        "data_diversity": diversity(real),
         "in_range": {
             "songs": int(sum(low <= count <= high for count in note_counts)),
             "of": len(note_counts),

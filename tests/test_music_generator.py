@@ -122,7 +122,7 @@ def test_strongest_cells_keeps_exactly_that_many_notes_even_where_values_tie(tmp
     tied = np.full((16, 9216), 0.25, np.float32)  # a bfloat16 decoder gives thousands of equal values
     kept, threshold = mg.strongest_cells(tied, 240)
     assert np.count_nonzero(kept >= threshold) == 240
-    assert mg.save_song(tied, tmp_path, "tied", threshold, 120, 16, notes_of=kept)[0] == 240
+    assert mg.save_song(tied, tmp_path, "tied", threshold, 120, 16, notes_of=kept).notes == 240
     silent, threshold = mg.strongest_cells(np.zeros((16, 9216)), 100)
     assert threshold == mg.MIN_THRESHOLD and not (silent >= threshold).any()
 
@@ -140,7 +140,7 @@ def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(r"^\s+2\s+[\d.]+", info, re.MULTILINE)
     assert sorted(p.name for p in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "vae.keras"]
     names = [f"epoch{e:03d}_song{s:02d}" for e in (1, 2) for s in (1, 2, 3)] + [f"final_song{s:02d}" for s in range(1, 5)]
-    for kind, suffix in (("npy", ".npy"), ("midi", ".mid"), ("img", ".png")):
+    for kind, suffix in (("npy", ".npy"), ("midi", ".mid"), ("img", ".png"), ("wav", ".wav")):
         assert sorted(p.name for p in (run / "generated" / kind).iterdir()) == sorted(n + suffix for n in names)
     song = np.load(run / "generated" / "npy" / "final_song01.npy")
     assert song.shape == (16, 9216) and song.dtype == np.float32
@@ -376,3 +376,10 @@ def test_from_real_midi_files_to_generated_midi_files(tmp_path):
     for number in range(1, 11):
         notes = pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / f"final_song{number:02d}.mid")).instruments[0].notes
         assert len(notes) > 50
+    # The evaluation at the end judged them against the real samples.
+    results = json.loads((run / "evaluation.json").read_text())
+    assert len(results["songs"]) == 10 and results["compared"]["data_samples"] == len(list((tmp_path / "samples").glob("*.npy")))
+    assert results["silent_songs"] == [] and 0 < results["mean_overlap"] <= 1
+    assert 0.5 < results["data_diversity"] <= 1  # real songs differ from one another
+    real = results["features"]
+    assert 1 < real["notes_per_measure"]["data_mean"] < 100 and 0 < real["pitch_class_entropy"]["data_mean"] <= np.log2(12)

@@ -67,7 +67,7 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second():
 
 def test_every_option_of_both_scripts_is_in_the_readme():
     readme = (REPO / "README.md").read_text()
-    for command in (["data_loader.py"], ["music_generator.py", "train"], ["music_generator.py", "generate"]):
+    for command in (["data_loader.py"], ["music_generator.py", "train"], ["music_generator.py", "generate"], ["music_generator.py", "evaluate"]):
         for option in options(*command):
             assert option in readme, f"{' '.join(command)} {option}"
 

@@ -1,0 +1,364 @@
+"""Listening to and judging a run: WAV audio, the run page (in headless Chromium), the
+TensorBoard audio and scalars, and the music metrics of the evaluate command."""
+
+import json
+import math
+import re
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data_loader as dl
+import music_generator as mg
+import music_metrics as mm
+from test_data_loader import REPO
+from test_music_generator import make_samples, run_cli, tensorboard_events, train
+
+SONG_SECONDS = 16 * 4 * 60 / dl.DEFAULT_BPM  # 32 s: 16 measures of 4/4 at 120 bpm
+SCREENSHOTS = REPO / "tests" / "screenshots"
+
+
+def melody(measures=16, notes_in=range(16)):
+    """A song with a C major arpeggio on every beat of the measures in ``notes_in``."""
+    song = np.zeros((measures, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
+    for measure in notes_in:
+        for beat, pitch in enumerate((60, 64, 67, 72)):
+            song[measure, pitch - dl.LOWEST_PITCH, beat * 24] = 1
+    return song.reshape(measures, dl.MEASURE_SIZE)
+
+
+def rms(audio, start_s, end_s, rate=dl.AUDIO_SAMPLE_RATE):
+    return float(np.sqrt(np.mean(np.square(audio[int(start_s * rate) : int(end_s * rate)]))))
+
+
+# --- audio -------------------------------------------------------------------------------------
+
+
+def synthesizers():
+    """The sine-wave synthesizer, and FluidSynth where it is installed."""
+    soundfont = next((path for path in dl.SOUNDFONTS if Path(path).is_file()), None)
+    reason = "FluidSynth is not installed (Debian: apt install fluidsynth fluid-soundfont-gm; pip install pyfluidsynth)"
+    fluidsynth = pytest.param(soundfont, id="fluidsynth", marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason=reason))
+    return [pytest.param(None, id="sine"), fluidsynth]
+
+
+@pytest.mark.parametrize("soundfont", synthesizers())
+def test_a_song_sounds_where_it_has_notes_and_lasts_its_measures(soundfont):
+    synthesizer = dl.Synthesizer(soundfont)
+    midi = dl.song_to_midi(melody(notes_in=range(8)))  # the second half is silent
+    audio = synthesizer.render(midi, SONG_SECONDS)
+    assert audio.dtype == np.float32
+    assert len(audio) == round((SONG_SECONDS + dl.AUDIO_TAIL_S) * dl.AUDIO_SAMPLE_RATE)
+    assert np.abs(audio).max() == pytest.approx(dl.AUDIO_PEAK)
+    assert rms(audio, 1, 15) > 0.02  # measures 1-8 play
+    assert rms(audio, 18, 32) < rms(audio, 1, 15) / 100  # measures 10-16 are silent
+    # Nothing of that song rings on into the next, whose first half is silent.
+    second_half = synthesizer.render(dl.song_to_midi(melody(notes_in=range(8, 16))), SONG_SECONDS)
+    assert not second_half[: 15 * dl.AUDIO_SAMPLE_RATE].any() and rms(second_half, 17, 31) > 0.02
+
+
+@pytest.mark.parametrize("soundfont", synthesizers())
+def test_a_silent_song_is_silence_of_its_length(soundfont):
+    audio = dl.Synthesizer(soundfont).render(dl.song_to_midi(np.zeros((16, dl.MEASURE_SIZE))), SONG_SECONDS)
+    assert len(audio) == round((SONG_SECONDS + dl.AUDIO_TAIL_S) * dl.AUDIO_SAMPLE_RATE)
+    assert not audio.any()
+
+
+def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_installed():
+    synthesizer = dl.Synthesizer.best()
+    if dl.has_fluidsynth():
+        assert synthesizer.fluidsynth and Path(synthesizer.soundfont).is_file()
+        assert str(synthesizer).startswith("FluidSynth with ")
+    else:
+        assert synthesizer.fluidsynth is None and "sine waves" in str(synthesizer)
+
+
+def test_wav_files_are_16_bit_mono_pcm_of_the_audio(tmp_path):
+    audio = np.sin(np.linspace(0, 2 * np.pi * 440, dl.AUDIO_SAMPLE_RATE, dtype=np.float32)) * 0.5
+    dl.atomic_write(tmp_path / "a.wav", dl.wav_writer(audio))
+    with wave.open(str(tmp_path / "a.wav")) as file:
+        assert (file.getnchannels(), file.getsampwidth(), file.getframerate(), file.getnframes()) == (1, 2, dl.AUDIO_SAMPLE_RATE, len(audio))
+        pcm = np.frombuffer(file.readframes(len(audio)), "<i2")
+    assert np.allclose(pcm / 32767, audio, atol=1 / 32767)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_a_soundfont_that_is_not_one_is_a_usage_error(tmp_path):
+    (tmp_path / "fake.sf2").write_bytes(b"RIFF not a soundfont")
+    with pytest.raises(dl.UsageError, match="not a SoundFont|needs FluidSynth"):
+        dl.Synthesizer(tmp_path / "fake.sf2")
+
+
+def test_midi_to_song_reads_back_what_song_to_midi_wrote_silent_measures_included():
+    song = melody(notes_in=[0, 3, 7])  # measures 8-16 silent: the MIDI file ends at measure 8
+    assert np.array_equal(dl.midi_to_song(_midi_bytes(song)), song)
+    assert not dl.midi_to_song(_midi_bytes(np.zeros((16, dl.MEASURE_SIZE)))).any()
+    with pytest.raises(dl.SkipFile, match="not a MIDI file"):
+        dl.midi_to_song(b"random bytes")
+
+
+def _midi_bytes(song):
+    import io
+
+    buffer = io.BytesIO()
+    dl.song_to_midi(song).write(buffer)
+    return buffer.getvalue()
+
+
+# --- music metrics, with known answers ---------------------------------------------------------
+
+
+def test_features_of_a_song_built_by_hand():
+    song = np.zeros((16, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
+    for measure in range(8):  # measures 9-16 stay empty
+        for step in (0, 3):  # 0 is on the 16th-note grid (6 steps), 3 is not
+            song[measure, [60 - dl.LOWEST_PITCH, 67 - dl.LOWEST_PITCH], step] = 1  # C and G together
+    features = mm.song_features(song.reshape(16, -1))
+    assert features["notes_per_measure"] == 32 / 16
+    assert features["empty_measures"] == 8
+    assert features["pitch_range"] == 7
+    assert features["pitch_class_entropy"] == pytest.approx(1.0)  # two pitch classes, equally often
+    assert features["polyphony"] == 2  # two onsets on every onset step
+    assert features["sixteenth_grid"] == 0.5
+    # 8 equal measures give 28 repeated pairs, 8 empty ones 28 more, of 120 pairs.
+    assert features["repeated_measures"] == pytest.approx(56 / 120)
+
+
+def test_identical_songs_have_diversity_0_and_one_measure_throughout_repeats_fully():
+    song = melody()
+    assert mm.diversity([song, song, song]) == 0
+    assert mm.song_features(song)["repeated_measures"] == 1
+    other = np.roll(song, 5, axis=1)  # the same notes five steps later: nothing shared
+    assert mm.diversity([song, other]) == 1
+    assert mm.diversity([song]) is None
+
+
+def test_a_dataset_against_itself_overlaps_fully_and_far_apart_values_do_not():
+    real = make_real_songs(40)
+    results = mm.compare({f"s{i}": song for i, song in enumerate(real)}, real)
+    assert all(values["overlap"] == pytest.approx(1.0) for values in results["features"].values())
+    assert results["mean_overlap"] == pytest.approx(1.0)
+    assert mm.overlapping_area([0, 1, 2, 1.5], [100, 101, 102]) < 1e-6
+    assert mm.overlapping_area([3, 3, 3], [3, 3]) == pytest.approx(1.0)
+    assert mm.overlapping_area([np.nan], [1, 2]) is None
+
+
+def test_a_silent_song_is_reported_and_left_out_of_the_features_it_has_none_of():
+    real = make_real_songs(20)
+    results = mm.compare({"loud": real[0], "silent": np.zeros((16, dl.MEASURE_SIZE), np.uint8)}, real)
+    assert results["silent_songs"] == ["silent"]
+    silent = results["songs"]["silent"]
+    assert silent["notes_per_measure"] == 0 and silent["empty_measures"] == 16
+    assert math.isnan(silent["pitch_range"]) and math.isnan(silent["polyphony"])
+    assert results["features"]["pitch_range"]["generated_mean"] == results["songs"]["loud"]["pitch_range"]
+    assert results["in_range"]["of"] == 2 and results["in_range"]["songs"] <= 1
+    assert "silent songs" in mg.evaluation_table(_finished(results)) and "silent" in mg.evaluation_table(_finished(results))
+    saved = mg.finite({key: value for key, value in _finished(results).items() if key != "data_features"})
+    assert json.loads(json.dumps(saved, allow_nan=False))["songs"]["silent"]["pitch_range"] is None  # JSON has no NaN
+    assert "silent" in mg.evaluation_table(saved)
+
+
+def test_onset_scores_and_active_units():
+    true = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
+    predicted = np.array([[1, 0, 1, 0], [1, 0, 0, 1]])
+    scores = mm.onset_scores(true, predicted)
+    assert (scores["precision"], scores["recall"], scores["f1"]) == (0.5, 2 / 3, pytest.approx(4 / 7))
+    assert mm.onset_scores(true, np.zeros_like(true))["precision"] is None
+    z_mean = np.array([[0.0, 1.0, 0.05], [0.0, -1.0, -0.05]])
+    kl = mm.kl_per_dimension(z_mean, np.zeros_like(z_mean))
+    assert kl.tolist() == pytest.approx([0, 0.5, 0.00125])
+    assert np.sum(kl > mm.ACTIVE_KL) == 1
+
+
+def make_real_songs(count, seed=0):
+    rng = np.random.default_rng(seed)
+    songs = []
+    for _ in range(count):
+        song = np.zeros((16, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
+        cells = rng.integers(0, [16, dl.PITCHES, dl.STEPS_PER_MEASURE], size=(int(rng.integers(50, 300)), 3))
+        song[cells[:, 0], cells[:, 1], cells[:, 2]] = 1
+        songs.append(song.reshape(16, -1))
+    return songs
+
+
+def _finished(results):
+    """``results`` of compare() as evaluate_songs completes them."""
+    return {**results, "latent": {"active_units": 0, "of": 4, "kl_per_dimension": [0] * 4}, "reconstruction": None, "compared": {"data_samples": 20}}
+
+
+# --- a run: its audio, page, TensorBoard and evaluation ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A short run (2 epochs, 2 songs per epoch, 3 final ones), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("listen")
+    code, run = train(tmp_path, "--run-info", "a <page> & its songs", "--songs-per-epoch", "2", "--songs", "3")
+    assert code == 0
+    return run
+
+
+def song_names(run):
+    return sorted(path.stem for path in (run / "generated" / "img").glob("*.png"))
+
+
+def test_the_page_lists_final_songs_then_epochs_newest_first_past_epoch_999(tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("epoch999_song01", "epoch1000_song01", "epoch002_song01", "final_song01", "sample_song01"):
+        (tmp_path / "img" / f"{name}.png").touch()
+    assert [heading for heading, _ in mg.song_groups(tmp_path)] == ["Final songs", "Songs from generate", "Epoch 1000", "Epoch 999", "Epoch 2"]
+
+
+def test_every_song_has_a_wav_file_of_its_length(run):
+    assert song_names(run) == ["epoch001_song01", "epoch001_song02", "epoch002_song01", "epoch002_song02", "final_song01", "final_song02", "final_song03"]
+    for name in song_names(run):
+        with wave.open(str(run / "generated" / "wav" / f"{name}.wav")) as file:
+            seconds = file.getnframes() / file.getframerate()
+            assert seconds >= SONG_SECONDS + dl.AUDIO_TAIL_S and seconds < SONG_SECONDS + 3, name
+            assert np.abs(np.frombuffer(file.readframes(file.getnframes()), "<i2")).max() > 1000, name  # not silent
+    info = next(run.glob("*_info.txt")).read_text()
+    assert re.search(r"audio\s+(FluidSynth with |pretty_midi's sine waves)", info)
+
+
+def test_the_run_page_links_every_song_with_relative_links_to_files_that_exist(run):
+    page = (run / "index.html").read_text()
+    links = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert links and all(not re.match(r"[a-z]+:|/", link) for link in links), links  # relative only
+    assert all((run / link).is_file() for link in links), [link for link in links if not (run / link).is_file()]
+    assert "a &lt;page&gt; &amp; its songs" in page  # the --run-info text, escaped
+    for name in song_names(run):
+        for kind, suffix in (("img", ".png"), ("wav", ".wav"), ("midi", ".mid")):
+            assert f"generated/{kind}/{name}{suffix}" in links
+    headings = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert headings == ["Losses", "Evaluation", "Final songs", "Epoch 2", "Epoch 1"]  # newest epoch first
+    assert page.count("<audio") == 7 and "losses.png" in links and "evaluation.png" in links
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, tmp_path):
+    """The page as a user sees it, opened from disk in a copy of the run folder."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium: install it (Debian: apt install chromium); .ci/run does")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt")
+    copy = shutil.copytree(run, tmp_path / "copied run")  # a space: links must be quoted
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto((copy / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        found = page.evaluate(
+            """async () => {
+                const audios = [...document.querySelectorAll("audio")];
+                await Promise.all(audios.map(audio => audio.readyState >= 1 ? null : new Promise(done => {
+                    audio.addEventListener("loadedmetadata", done);
+                    audio.addEventListener("error", done);
+                })));
+                return {
+                    images: [...document.images].map(image => [image.getAttribute("src"), image.complete && image.naturalWidth > 0]),
+                    audio: audios.map(audio => [audio.getAttribute("src"), audio.duration]),
+                };
+            }"""
+        )
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "run_page.png"), full_page=True)
+        browser.close()
+    assert len(found["images"]) == 2 + 7 and all(loaded for _, loaded in found["images"]), found["images"]
+    assert len(found["audio"]) == 7
+    for source, duration in found["audio"]:
+        assert SONG_SECONDS + dl.AUDIO_TAIL_S - 0.01 <= duration < SONG_SECONDS + 3, (source, duration)
+    assert (SCREENSHOTS / "run_page.png").stat().st_size > 10_000
+
+
+def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_second(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    songs = EventAccumulator(str(run / "logs" / "songs"), size_guidance={"tensors": 0})
+    songs.Reload()
+    for tag in ("song01", "song02"):
+        sounds = songs.Tensors(f"{tag}_audio")
+        assert [event.step for event in sounds] == [1, 2]
+        assert all(event.tensor_proto.string_val[0][:4] == b"RIFF" for event in sounds)  # WAV files
+    train_events = tensorboard_events(run / "logs" / "train")
+    assert [value for _, value in train_events["epoch_learning_rate"]] == pytest.approx([0.001, 0.001])
+    assert all(value > 0 for _, value in train_events["epoch_samples_per_s"])
+    evaluation = tensorboard_events(run / "logs" / "evaluation")
+    for tag in ("mean_overlap", "diversity", "active_units", "reconstruction_f1"):
+        assert [step for step, _ in evaluation[f"evaluation/{tag}"]] == [2]
+
+
+def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run):
+    results = json.loads((run / "evaluation.json").read_text())
+    assert sorted(results["songs"]) == ["final_song01", "final_song02", "final_song03"]
+    assert set(results["features"]) == set(mm.FEATURES)
+    assert 0 <= results["mean_overlap"] <= 1 and 0 <= results["diversity"] <= 1
+    assert results["latent"]["of"] == 4 and 0 <= results["latent"]["active_units"] <= 4
+    scores = results["reconstruction"]
+    assert scores["samples"] == 1 and scores["true_notes"] == np.count_nonzero(np.load(_validation_sample(run)))
+    assert scores["predicted_notes"] == round(json.loads((run / "state.json").read_text())["data"]["mean_notes"])
+    info = next(run.glob("*_info.txt")).read_text()
+    assert "Evaluation (the latest" in info and "mean overlap with the data" in info
+    assert (run / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _validation_sample(run):
+    state = json.loads((run / "state.json").read_text())
+    paths, _ = mg.find_samples(state["data"]["folder"], (16, dl.MEASURE_SIZE))
+    return mg.split_samples(paths, state["parameters"]["validation_split"], state["parameters"]["seed"], state["data"]["folder"])[1][0]
+
+
+def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
+    validation = make_samples(tmp_path / "held_out", 3, seed=7)
+    result = run_cli("evaluate", "--run", run, "--songs", "epoch001_*", "--validation", validation, "--samples", "5")
+    assert result.returncode == 0, result.stderr
+    assert "repeated measure pairs" in result.stdout and "epoch001_song02" in result.stdout
+    results = json.loads((run / "evaluation.json").read_text())
+    assert sorted(results["songs"]) == ["epoch001_song01", "epoch001_song02"]
+    assert results["compared"]["data_samples"] == 5 and results["reconstruction"]["samples"] == 3
+    assert "Evaluation" in (run / "index.html").read_text()
+
+
+def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run):
+    result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "3", "--no-audio")
+    assert result.returncode == 0, result.stderr
+    assert not list((run / "generated" / "wav").glob("sample_*"))
+    page = (run / "index.html").read_text()
+    assert "<h2>Songs from generate</h2>" in page and "generated/img/sample_song02.png" in page
+    assert page.count("<audio") == 7  # the training songs' players only
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--songs", "nothing_*.mid"], "no songs match 'nothing_\\*.mid'"),
+        (["--data", "{tmp}/missing"], "data folder .* does not exist"),
+        (["--samples", "0"], "argument --samples: must be"),
+        (["--songs", ""], "is not a pattern of MIDI files"),
+        (["--songs", "."], "is not a pattern of MIDI files"),
+        (["--validation", "{tmp}"], "no .npy samples in"),
+    ],
+)
+def test_evaluate_mistakes_get_one_line_and_exit_code_2(run, tmp_path, args, message):
+    before = (run / "evaluation.json").read_bytes()
+    result = run_cli("evaluate", "--run", run, *[arg.format(tmp=tmp_path) for arg in args])
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr), result.stderr
+    assert (run / "evaluation.json").read_bytes() == before
+
+
+def test_a_bad_soundfont_stops_training_before_a_run_folder_is_made(tmp_path):
+    (tmp_path / "fake.sf2").write_text("not a soundfont")
+    code, run = train(tmp_path, "--soundfont", str(tmp_path / "fake.sf2"))
+    assert code == 2 and run is None
