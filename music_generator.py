@@ -563,7 +563,6 @@ def piano_roll_image(song, notes, title, lowest_pitch=data_loader.LOWEST_PITCH, 
     song_to_midi plays them at ``bpm``), darker when louder; blue lines mark the first
     beat of each measure, as in the paper's figures 14 and 15.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     steps = data_loader.STEPS_PER_MEASURE
@@ -592,12 +591,26 @@ def piano_roll_image(song, notes, title, lowest_pitch=data_loader.LOWEST_PITCH, 
     axes.set_yticks(c_rows, [f"C{(lowest_pitch + row) // 12 - 1}" for row in c_rows])
     axes.set_xlabel("measure")
     axes.set_title(title)
+    return figure_pixels(figure)
+
+
+def figure_pixels(figure):
+    """A matplotlib figure drawn as an (height, width, 4) uint8 RGBA array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     figure.tight_layout()
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     image = np.asarray(canvas.buffer_rgba()).copy()
     figure.clear()  # a figure and its canvas refer to each other: free the drawing now
     return image
+
+
+def png_writer(image):
+    """A ``write(path)`` function for ``atomic_write`` that saves an RGBA array as PNG."""
+    import matplotlib.image
+
+    return lambda path: matplotlib.image.imsave(path, image, format="png")
 
 
 class WrittenSong(NamedTuple):
@@ -617,8 +630,6 @@ def save_song(song, folder, name, threshold, bpm, lowest_pitch, synthesizer=None
     ``folder/img/NAME.png`` and, with a ``synthesizer``, ``folder/wav/NAME.wav``; return
     a WrittenSong. The notes are the cells of ``notes_of`` (default: ``song``) at or
     above ``threshold``."""
-    import matplotlib.image
-
     song = np.asarray(song, np.float32)
     notes_of = song if notes_of is None else notes_of
     midi = data_loader.song_to_midi(notes_of, bpm=bpm, threshold=threshold, lowest_pitch=lowest_pitch)
@@ -630,7 +641,7 @@ def save_song(song, folder, name, threshold, bpm, lowest_pitch, synthesizer=None
         (folder / kind).mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "npy" / f"{name}.npy", npy_writer(song))
     atomic_write(folder / "midi" / f"{name}.mid", midi.write)
-    atomic_write(folder / "img" / f"{name}.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+    atomic_write(folder / "img" / f"{name}.png", png_writer(image))
     audio = None
     if synthesizer:
         audio = synthesizer.render(midi, song_seconds(len(song), bpm))
@@ -824,7 +835,6 @@ figcaption { display: flex; gap: 1em; align-items: center; } audio { flex: 1; }
 def loss_curve_image(history):
     """The losses per epoch as an (height, width, 4) uint8 RGBA picture: loss,
     reconstruction and KL side by side, training solid and validation dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(15, 3.6), dpi=100)
@@ -838,12 +848,7 @@ def loss_curve_image(history):
         axes.set_title(name)
         axes.set_xlabel("epoch")
         axes.legend()
-    figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba()).copy()
-    figure.clear()
-    return image
+    return figure_pixels(figure)
 
 
 def song_groups(generated):
@@ -924,11 +929,9 @@ def run_page(run, state, evaluation=None):
 
 def write_run_page(run, state):
     """Write (again) ``RUN_DIR/index.html`` and its loss curve ``losses.png``."""
-    import matplotlib.image
-
     if state["history"]:
         image = loss_curve_image(state["history"])
-        atomic_write(run.path / "losses.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+        atomic_write(run.path / "losses.png", png_writer(image))
     evaluation = None
     with contextlib.suppress(OSError, ValueError):
         evaluation = json.loads((run.path / "evaluation.json").read_text())
@@ -1401,7 +1404,6 @@ def reconstruction_scores(encoder, decoder, paths, threshold, notes):
 def evaluation_image(results):
     """Generated and real distribution of every feature side by side, with their
     overlap, and the KL of each latent dimension, as an RGBA uint8 picture."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(16, 7), dpi=100)
@@ -1424,23 +1426,16 @@ def evaluation_image(results):
     axes.axhline(music_metrics.ACTIVE_KL, color="tab:red", linewidth=1)
     axes.set_yscale("symlog", linthresh=music_metrics.ACTIVE_KL)
     axes.set_title(f"KL per latent dimension, sorted\n{results['latent']['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL})", fontsize=10)
-    figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba()).copy()
-    figure.clear()
-    return image
+    return figure_pixels(figure)
 
 
 def write_evaluation(run, results):
     """``RUN_DIR/evaluation.json`` (everything but the data's per-song values) and
     ``evaluation.png``; returns (the JSON's content, the picture)."""
-    import matplotlib.image
-
     saved = finite({key: value for key, value in results.items() if key != "data_features"})
     image = evaluation_image(results)
     atomic_write(run.path / "evaluation.json", lambda path: Path(path).write_text(json.dumps(saved, indent=1, allow_nan=False)))
-    atomic_write(run.path / "evaluation.png", lambda path: matplotlib.image.imsave(path, image, format="png"))
+    atomic_write(run.path / "evaluation.png", png_writer(image))
     return saved, image
 
 
