@@ -20,6 +20,7 @@ against the data with music_metrics.
 """
 
 import argparse
+import collections
 import contextlib
 import csv
 import datetime
@@ -1340,10 +1341,10 @@ def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold
     """
     measures = encoder.input.shape[1]
     generated = {}
-    repeated = {stem for stem in (path.stem for path in song_paths) if sum(p.stem == stem for p in song_paths) > 1}
+    stems = collections.Counter(path.stem for path in song_paths)
     for path in song_paths:
         try:
-            generated[str(path) if path.stem in repeated else path.stem] = data_loader.midi_to_song(path, lowest_pitch, measures)
+            generated[str(path) if stems[path.stem] > 1 else path.stem] = data_loader.midi_to_song(path, lowest_pitch, measures)
         except (data_loader.SkipFile, OSError) as error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
     data_paths = subset(data_paths, samples, seed)
