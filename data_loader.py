@@ -21,6 +21,7 @@ OUTPUT_DIR resumes where it stopped. ``song_to_midi`` is the way back, from an a
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -39,9 +40,13 @@ from pathlib import Path, PurePath
 
 import mido
 import numpy as np
-import pretty_midi
 from pebble import ProcessExpired, ProcessPool
 from tqdm import tqdm
+
+# pretty_midi imports pyfluidsynth, which prints where it found its library whenever $CI is
+# set; our stdout carries results that scripts read, so that line is swallowed.
+with contextlib.redirect_stdout(io.StringIO()):
+    import pretty_midi
 
 # The sample format (paper, section 3.2.2). Other tools rely on these numbers.
 PITCHES = 96  # rows of a measure: MIDI notes LOWEST_PITCH .. LOWEST_PITCH + 95

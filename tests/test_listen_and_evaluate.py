@@ -3,8 +3,11 @@ TensorBoard audio and scalars, and the music metrics of the evaluate command."""
 
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -74,6 +77,16 @@ def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_
         assert str(synthesizer).startswith("FluidSynth with ")
     else:
         assert synthesizer.fluidsynth is None and "sine waves" in str(synthesizer)
+
+
+def test_importing_the_modules_prints_nothing_even_under_ci():
+    # pyfluidsynth announces its library on stdout when $CI is set, which broke scripts
+    # (and a test) that read what our commands print.
+    env = {**os.environ, "CI": "true"}
+    code = "import data_loader, music_generator, fluidsynth" if dl.has_fluidsynth() else "import data_loader, music_generator"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == ""
 
 
 def test_wav_files_are_16_bit_mono_pcm_of_the_audio(tmp_path):
