@@ -917,7 +917,7 @@ def run_page(run, state, evaluation=None):
             audio = (run.generated / "wav" / f"{name}.wav").is_file()
             lines += [
                 "<figure>",
-                f'<a href="{link("generated", "img", name + ".png")}"><img src="{link("generated", "img", name + ".png")}" alt="piano roll of {escape(name)}"></a>',
+                f'<a href="{link("generated", "img", name + ".png")}"><img loading="lazy" src="{link("generated", "img", name + ".png")}" alt="piano roll of {escape(name)}"></a>',
                 f"<figcaption><b>{escape(name)}</b>",
                 f'<audio controls preload="metadata" src="{link("generated", "wav", name + ".wav")}"></audio>' if audio else "<span>(no audio)</span>",
                 f'<a href="{link("generated", "midi", name + ".mid")}">MIDI</a></figcaption>',

@@ -274,12 +274,21 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
         page.wait_for_load_state("load")
         found = page.evaluate(
             """async () => {
+                for (const image of document.images) {  // song pictures load lazily, when seen
+                    image.scrollIntoView();
+                    if (!image.complete) await new Promise(done => {
+                        image.addEventListener("load", done);
+                        image.addEventListener("error", done);
+                    });
+                }
+                window.scrollTo(0, 0);
                 const audios = [...document.querySelectorAll("audio")];
                 await Promise.all(audios.map(audio => audio.readyState >= 1 ? null : new Promise(done => {
                     audio.addEventListener("loadedmetadata", done);
                     audio.addEventListener("error", done);
                 })));
                 return {
+                    lazy: document.querySelectorAll('img[loading="lazy"]').length,
                     images: [...document.images].map(image => [image.getAttribute("src"), image.complete && image.naturalWidth > 0]),
                     audio: audios.map(audio => [audio.getAttribute("src"), audio.duration]),
                 };
@@ -289,6 +298,7 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
         page.screenshot(path=str(SCREENSHOTS / "run_page.png"), full_page=True)
         browser.close()
     assert len(found["images"]) == 2 + 7 and all(loaded for _, loaded in found["images"]), found["images"]
+    assert found["lazy"] == 7  # a 100-epoch run page need not load its 300 pictures at once
     assert len(found["audio"]) == 7
     for source, duration in found["audio"]:
         assert SONG_SECONDS + dl.AUDIO_TAIL_S - 0.01 <= duration < SONG_SECONDS + 3, (source, duration)
