@@ -1336,8 +1336,8 @@ def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold
     -------
     dict
         music_metrics.compare's results, plus ``latent`` (active units, KL per
-        dimension), ``reconstruction`` (precision, recall, F1; None without held-out
-        samples) and what was compared.
+        dimension and their sum, in nats), ``reconstruction`` (precision, recall, F1;
+        None without held-out samples) and what was compared.
     """
     measures = encoder.input.shape[1]
     generated = {}
@@ -1352,7 +1352,12 @@ def evaluate_songs(encoder, decoder, song_paths, data_paths, held_out, threshold
     results = music_metrics.compare(generated, real, lowest_pitch)
     z_mean, z_log_var = encode(encoder, real)
     kl = music_metrics.kl_per_dimension(z_mean, z_log_var)
-    results["latent"] = {"active_units": int(np.sum(kl > music_metrics.ACTIVE_KL)), "of": len(kl), "kl_per_dimension": [round(float(value), 5) for value in kl]}
+    results["latent"] = {
+        "active_units": int(np.sum(kl > music_metrics.ACTIVE_KL)),
+        "of": len(kl),
+        "kl_per_song": round(float(np.sum(kl)), 4),
+        "kl_per_dimension": [round(float(value), 5) for value in kl],
+    }
     held_out = subset(held_out, samples, seed)
     results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out, threshold, notes) if held_out else None
     results["compared"] = {"songs": [str(path) for path in song_paths], "data_samples": len(data_paths), "held_out_samples": len(held_out)}
@@ -1379,8 +1384,8 @@ def encode(encoder, songs):
     for start in range(0, len(songs), EVALUATION_BATCH):
         batch = np.stack(songs[start : start + EVALUATION_BATCH]).astype(np.float32)
         z_mean, z_log_var, _ = encoder(ops.convert_to_tensor(batch), training=False)
-        means.append(ops.convert_to_numpy(z_mean))
-        log_variances.append(ops.convert_to_numpy(z_log_var))
+        means.append(ops.convert_to_numpy(ops.cast(z_mean, "float32")))  # not bfloat16: numpy sums it badly
+        log_variances.append(ops.convert_to_numpy(ops.cast(z_log_var, "float32")))
     latent = encoder.output[0].shape[-1]
     return np.concatenate(means or [np.zeros((0, latent))]), np.concatenate(log_variances or [np.zeros((0, latent))])
 
@@ -1426,7 +1431,8 @@ def evaluation_image(results):
     axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
     axes.axhline(music_metrics.ACTIVE_KL, color="tab:red", linewidth=1)
     axes.set_yscale("symlog", linthresh=music_metrics.ACTIVE_KL)
-    axes.set_title(f"KL per latent dimension, sorted\n{results['latent']['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL})", fontsize=10)
+    latent = results["latent"]
+    axes.set_title(f"KL per latent dimension, sorted\n{latent['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL}), {latent['kl_per_song']:.1f} nats in all", fontsize=10)
     return figure_pixels(figure)
 
 
@@ -1465,6 +1471,9 @@ def evaluation_summary(results):
         (f"songs with {low:.0f}-{high:.0f} notes, the data's 10-90% range", f"{in_range['songs']} of {in_range['of']}"),
         ("silent songs", ", ".join(results["silent_songs"]) or "none"),
         (f"active latent units (mean KL > {music_metrics.ACTIVE_KL})", f"{latent['active_units']} of {latent['of']}"),
+        # The mean KL bounds what the code can tell about a song: at 4 nats it tells at
+        # most about e**4 = 55 songs apart, however many units pass the threshold.
+        ("KL per song, all units (nats)", f"{latent['kl_per_song']:.2f}"),
     ]
     if scores:
         rows.append((f"reconstruction of {scores['samples']} held-out samples", f"precision {_number(scores['precision'])}, recall {_number(scores['recall'])}, F1 {_number(scores['f1'])}"))
@@ -1512,7 +1521,7 @@ def evaluation_html(results):
 def evaluation_scalars(results):
     """The evaluation's main numbers, for TensorBoard."""
     scalars = {f"overlap_{feature}": values["overlap"] for feature, values in results["features"].items()}
-    scalars.update(mean_overlap=results["mean_overlap"], diversity=results["diversity"], active_units=results["latent"]["active_units"])
+    scalars.update(mean_overlap=results["mean_overlap"], diversity=results["diversity"], active_units=results["latent"]["active_units"], kl_per_song=results["latent"]["kl_per_song"])
     scalars["songs_in_range"] = results["in_range"]["songs"] / max(results["in_range"]["of"], 1)
     for key in ("precision", "recall", "f1"):
         scalars[f"reconstruction_{key}"] = (results["reconstruction"] or {}).get(key)

@@ -199,7 +199,7 @@ def make_real_songs(count, seed=0):
 
 def _finished(results):
     """``results`` of compare() as evaluate_songs completes them."""
-    return {**results, "latent": {"active_units": 0, "of": 4, "kl_per_dimension": [0] * 4}, "reconstruction": None, "compared": {"data_samples": 20}}
+    return {**results, "latent": {"active_units": 0, "of": 4, "kl_per_song": 0, "kl_per_dimension": [0] * 4}, "reconstruction": None, "compared": {"data_samples": 20}}
 
 
 # --- a run: its audio, page, TensorBoard and evaluation ----------------------------------------
@@ -318,7 +318,7 @@ def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_secon
     assert [value for _, value in train_events["epoch_learning_rate"]] == pytest.approx([0.001, 0.001])
     assert all(value > 0 for _, value in train_events["epoch_samples_per_s"])
     evaluation = tensorboard_events(run / "logs" / "evaluation")
-    for tag in ("mean_overlap", "diversity", "active_units", "reconstruction_f1"):
+    for tag in ("mean_overlap", "diversity", "active_units", "kl_per_song", "reconstruction_f1"):
         assert [step for step, _ in evaluation[f"evaluation/{tag}"]] == [2]
 
 
@@ -327,12 +327,14 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
     assert sorted(results["songs"]) == ["final_song01", "final_song02", "final_song03"]
     assert set(results["features"]) == set(mm.FEATURES)
     assert 0 <= results["mean_overlap"] <= 1 and 0 <= results["diversity"] <= 1
-    assert results["latent"]["of"] == 4 and 0 <= results["latent"]["active_units"] <= 4
+    latent = results["latent"]
+    assert latent["of"] == 4 and 0 <= latent["active_units"] <= 4
+    assert latent["kl_per_song"] == pytest.approx(sum(latent["kl_per_dimension"]), abs=1e-3) and latent["kl_per_song"] > 0
     scores = results["reconstruction"]
     assert scores["samples"] == 1 and scores["true_notes"] == np.count_nonzero(np.load(_validation_sample(run)))
     assert scores["predicted_notes"] == round(json.loads((run / "state.json").read_text())["data"]["mean_notes"])
     info = next(run.glob("*_info.txt")).read_text()
-    assert "Evaluation (the latest" in info and "mean overlap with the data" in info
+    assert "Evaluation (the latest" in info and "mean overlap with the data" in info and "KL per song" in info
     assert (run / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
