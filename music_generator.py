@@ -1427,11 +1427,11 @@ def evaluation_image(results):
         if number == 1:
             axes.legend(fontsize=8)
     axes = figure.add_subplot(2, 4, 8)
-    kl = np.sort(results["latent"]["kl_per_dimension"])[::-1]
+    latent = results["latent"]
+    kl = np.sort(latent["kl_per_dimension"])[::-1]
     axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
     axes.axhline(music_metrics.ACTIVE_KL, color="tab:red", linewidth=1)
     axes.set_yscale("symlog", linthresh=music_metrics.ACTIVE_KL)
-    latent = results["latent"]
     axes.set_title(f"KL per latent dimension, sorted\n{latent['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL}), {latent['kl_per_song']:.1f} nats in all", fontsize=10)
     return figure_pixels(figure)
 
