@@ -486,8 +486,15 @@ SOUNDFONTS = (
 )
 
 
+HIDE_FLUIDSYNTH = "MUSIC_VAE_NO_FLUIDSYNTH"  # set to 1: render as on a machine without FluidSynth
+
+
 def has_fluidsynth():
-    """Whether pyfluidsynth and the FluidSynth library it loads are installed."""
+    """Whether pyfluidsynth and the FluidSynth library it loads are installed, and not
+    hidden by the environment variable HIDE_FLUIDSYNTH (so that tests, and a user
+    comparing, can see what a machine without FluidSynth does)."""
+    if os.environ.get(HIDE_FLUIDSYNTH, "0") not in ("", "0"):
+        return False
     try:
         import fluidsynth  # noqa: F401
     except (ImportError, OSError):  # pyfluidsynth raises ImportError when the library is missing

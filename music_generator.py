@@ -1154,6 +1154,7 @@ def train(args):
         f"{state['model']['parameters']:,} parameters, epochs {state['epochs_done'] + 1}-{args.epochs}; "
         f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
     )
+    note_sine_waves(synthesizer)
     try:
         vae.fit(
             training,
@@ -1266,13 +1267,19 @@ def finish(run, state, status):
 
 def song_synthesizer(args):
     """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
-    installed), or None with ``--no-audio``."""
+    installed), or None with ``--no-audio``. Raises UsageError for a bad SoundFont."""
     if not args.audio:
         return None
-    synthesizer = data_loader.Synthesizer(args.soundfont) if args.soundfont else data_loader.Synthesizer.best()
-    if not synthesizer.fluidsynth:
+    return data_loader.Synthesizer(args.soundfont) if args.soundfont else data_loader.Synthesizer.best()
+
+
+def note_sine_waves(synthesizer):
+    """Say that the songs will sound like sine waves, once the command is under way (a
+    mistake in its options is reported alone, in one line)."""
+    if synthesizer and not synthesizer.fluidsynth:
         print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)
-    return synthesizer
+
+
 
 
 # --------------------------------------------------------------------------------------
@@ -1291,6 +1298,8 @@ def generate(args):
     except OSError as error:
         raise UsageError(f"cannot write to {folder}: {error.strerror or error}") from None
     parameters, data = state["parameters"], state["data"]
+    synthesizer = song_synthesizer(args)
+    note_sine_waves(synthesizer)
     written = write_songs(
         decoder,
         fixed_latents(args.songs, decoder.input_shape[-1], seed),
@@ -1300,7 +1309,7 @@ def generate(args):
         notes=data["mean_notes"],
         bpm=args.bpm or parameters["bpm"],
         lowest_pitch=data["lowest_pitch"],
-        synthesizer=song_synthesizer(args),
+        synthesizer=synthesizer,
     )
     if folder.resolve() == run.generated.resolve():
         write_run_page(run, state)

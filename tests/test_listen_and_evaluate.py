@@ -79,6 +79,17 @@ def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_
         assert synthesizer.fluidsynth is None and "sine waves" in str(synthesizer)
 
 
+def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_training_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(dl.HIDE_FLUIDSYNTH, "1")
+    assert not dl.has_fluidsynth() and dl.Synthesizer.best().fluidsynth is None
+    with pytest.raises(dl.UsageError, match="needs FluidSynth"):
+        dl.Synthesizer(dl.SOUNDFONTS[-1])
+    code, run = train(tmp_path, "--songs", "1", epochs=1)
+    assert code == 0
+    assert "note: the songs' WAV files are rendered with pretty_midi's sine waves" in capsys.readouterr().err
+    assert re.search(r"audio\s+pretty_midi's sine waves", next(run.glob("*_info.txt")).read_text())
+
+
 def test_importing_the_modules_prints_nothing_even_under_ci():
     # pyfluidsynth announces its library on stdout when $CI is set, which broke scripts
     # (and a test) that read what our commands print.

@@ -1,6 +1,7 @@
 """music_generator.py: the model, a whole run folder, resume, generate, errors, real data."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -45,8 +46,20 @@ def train(tmp_path, *extra, data=None, epochs=2):
     return code, runs[-1] if runs else None
 
 
-def run_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, str(REPO / "music_generator.py"), *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs)
+def run_cli(*args, fluidsynth=True, **kwargs):
+    """Run music_generator.py; ``fluidsynth=False`` hides FluidSynth from it, as on a machine without."""
+    env = {**os.environ, dl.HIDE_FLUIDSYNTH: "0" if fluidsynth else "1"}
+    return subprocess.run([sys.executable, str(REPO / "music_generator.py"), *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env, **kwargs)
+
+
+# Each command-line test of a mistake runs with FluidSynth as installed and hidden: the
+# note that the songs will sound like sine waves must never come before the error.
+FLUIDSYNTH = [
+    pytest.param(True, id="fluidsynth"),
+    pytest.param(False, id="no-fluidsynth", marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason="FluidSynth is not installed: the other case runs without it")),
+]
+
+
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -333,7 +346,8 @@ def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
         ("no_data", "pass --data SAMPLES_DIR"),
     ],
 )
-def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message):
+@pytest.mark.parametrize("fluidsynth", FLUIDSYNTH)
+def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message, fluidsynth):
     (tmp_path / "empty").mkdir()
     (tmp_path / "wrong").mkdir()
     for name in ("a", "b"):
@@ -354,7 +368,7 @@ def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message):
         return {*tmp_path.rglob("*"), *(REPO / "runs").glob("*")}
 
     before = everything()
-    result = run_cli(*args)
+    result = run_cli(*args, fluidsynth=fluidsynth)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert re.search(message, result.stderr), result.stderr
