@@ -123,6 +123,15 @@ class Sampling(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 
+    # Keras saves a layer's own weights, not its noise generator's position: without it, a
+    # resumed run would draw noise the uninterrupted run never drew.
+    def save_own_variables(self, store):
+        store["0"] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        if "0" in store.keys():  # models saved before the position was kept have none
+            self.seed_generator.state.assign(store["0"])
+
 
 # The paper's TimeDistributed Dense layers are plain Dense layers here: on a (batch,
 # measures, features) input, Dense works on the last axis with the same weights for every
@@ -391,7 +400,8 @@ class SongFiles(keras.utils.PyDataset):
     while a step runs.
 
     With ``shuffle``, the order changes every epoch, the same way for the same ``seed``
-    and epoch (so that a resumed run sees the batches it would have seen). A file that can
+    and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
+    the epoch through the ``EpochOrder`` callback. A file that can
     no longer be read is reported once and a silent song takes its place, so that a long
     run never dies of one file.
     """
@@ -441,9 +451,24 @@ class SongFiles(keras.utils.PyDataset):
                 print(f"\nwarning: skipped {path}: {error}; a silent song takes its place", file=sys.stderr)
             return np.zeros(self.shape, np.uint8)
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def start_epoch(self, epoch):
+        self.epoch = epoch
         self.order = self._order()
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Give ``songs`` (SongFiles) the number of each epoch as it begins, so that its order
+    follows from the seed and the epoch alone. Counting Keras' calls of
+    ``PyDataset.on_epoch_end`` does not do: it makes more than one an epoch, its reader
+    threads one more where they read ahead, and one at the start of ``fit``, so a resumed
+    run would see other batches than the run never stopped."""
+
+    def __init__(self, songs):
+        super().__init__()
+        self.songs = songs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.songs.start_epoch(epoch)
 
 
 def cache_fits(samples, shape):
@@ -1161,7 +1186,11 @@ def train(args):
             validation_data=validation,
             epochs=args.epochs,
             initial_epoch=state["epochs_done"],
-            callbacks=[c for c in (keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end) if c],
+            # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of the
+            # batches draws from Python's global random state, which a resumed run
+            # starts afresh.
+            shuffle=False,
+            callbacks=[c for c in (EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end) if c],
             verbose=1 if sys.stdout.isatty() else 2,
         )
         if epoch_end.stopped:

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -311,11 +312,43 @@ def test_dataset_reshuffles_every_epoch_and_repeats_for_the_same_seed(tmp_path):
     paths = sorted(data.glob("*.npy"))
     files = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3)
     first = files.order.copy()
-    files.on_epoch_end()
+    files.on_epoch_end()  # Keras calls it at times of its own: it must not change the order
+    np.testing.assert_array_equal(first, files.order)
+    files.start_epoch(1)
     assert not np.array_equal(first, files.order)
     again = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3, epoch=1)
     np.testing.assert_array_equal(again.order, files.order)
     assert len(files) == 3 and files[2].shape == (2, 16, 9216)
+
+
+def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(tmp_path, monkeypatch):
+    """The order of epoch N is that of (seed, N), whatever Keras' reader threads do between
+    epochs: Keras 3.3's thread calls PyDataset.on_epoch_end by itself once a step takes
+    over 0.1 s, so counting those calls mixed two orders in one epoch."""
+    now, reads = {}, []
+    callbacks, read = keras.callbacks.CallbackList, mg.SongFiles.__getitem__
+    begin_epoch, end_batch = callbacks.on_epoch_begin, callbacks.on_train_batch_end
+
+    def epoch_begins(self, epoch, logs=None):
+        now["epoch"] = epoch
+        return begin_epoch(self, epoch, logs)
+
+    def slow_batch_ends(self, batch, logs=None):
+        time.sleep(0.3)
+        return end_batch(self, batch, logs)
+
+    def recorded_read(self, index):
+        if self.shuffle and "epoch" in now:  # training batches, once fit has begun
+            reads.append((now["epoch"], self.epoch))
+        return read(self, index)
+
+    monkeypatch.setattr(callbacks, "on_epoch_begin", epoch_begins)
+    monkeypatch.setattr(callbacks, "on_train_batch_end", slow_batch_ends)
+    monkeypatch.setattr(mg.SongFiles, "__getitem__", recorded_read)
+    code, _ = train(tmp_path, "--songs-per-epoch", "0", "--songs", "0", "--no-audio", epochs=3)
+    assert code == 0
+    assert {epoch for epoch, _ in reads} == {0, 1, 2}
+    assert all(order == epoch for epoch, order in reads), reads
 
 
 def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
