@@ -606,15 +606,18 @@ UMASK = os.umask(0o022)  # read once, at import (setting it is the only way to r
 os.umask(UMASK)
 
 
-def write_part(path, write, suffix=".part"):
+PART = ".part"  # in the name of every file being written; see write_part
+
+
+def write_part(path, write, suffix=""):
     """Call ``write(part)`` for a new file ``part`` beside ``path``; return ``part``.
 
-    The part file (name ending in ``suffix``) becomes ``path`` by ``os.replace``, in one
-    step, once complete. Whatever stops the writing (a crash, a full disk) leaves at
-    most a part file.
+    The part file, ``<name>.<random>.part<suffix>``, becomes ``path`` by ``os.replace``,
+    in one step, once complete. Whatever stops the writing (a crash, a full disk) leaves
+    at most a part file, which ``remove_partial_files`` removes on the next run.
     """
     path = Path(path)
-    descriptor, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=suffix)
+    descriptor, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=PART + suffix)
     os.close(descriptor)
     try:
         write(part)
@@ -626,11 +629,19 @@ def write_part(path, write, suffix=".part"):
     return part
 
 
-def atomic_write(path, write, suffix=".part"):
+def atomic_write(path, write, suffix=""):
     """Call ``write(temporary_path)`` and move the result to ``path``: readers see the old
     file or the complete new one, never a half-written one. ``suffix`` ends the temporary
     name, for writers that insist on one (Keras wants ``.keras``)."""
     os.replace(write_part(path, write, suffix), path)
+
+
+def remove_partial_files(folder, recursive=False):
+    """Remove the part files that writers killed mid-write left in ``folder`` (and its
+    subfolders where ``recursive``). Only for a folder that nothing is writing to."""
+    for path in Path(folder).rglob("*") if recursive else Path(folder).iterdir():
+        if re.search(rf"{re.escape(PART)}(\.\w+)?$", path.name) and path.is_file():
+            path.unlink()
 
 
 def npy_writer(array):
@@ -754,8 +765,7 @@ class OutputFolder:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._check_settings(settings)
-        for leftover in self.path.glob("*.part"):  # from a run that was killed mid-write
-            leftover.unlink()
+        remove_partial_files(self.path)  # from a run that was killed mid-write
         self.index = self._open_csv("index.csv", INDEX_COLUMNS)
         self.skipped = self._open_csv("skipped.csv", SKIPPED_COLUMNS)
 
@@ -818,8 +828,7 @@ class OutputFolder:
         """Close the CSVs and remove ``.part`` files of workers that were stopped."""
         self.index.close()
         self.skipped.close()
-        for leftover in self.path.glob("*.part"):
-            leftover.unlink()
+        remove_partial_files(self.path)
 
 
 @dataclasses.dataclass

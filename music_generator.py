@@ -31,6 +31,8 @@ import math
 import os
 import platform
 import re
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,7 +44,7 @@ from tqdm import tqdm
 
 import data_loader
 import music_metrics
-from data_loader import ArgumentParser, UsageError, atomic_write, npy_writer
+from data_loader import ArgumentParser, UsageError, atomic_write, npy_writer, remove_partial_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines
 
@@ -667,11 +669,12 @@ def save_song(song, folder, name, threshold, bpm, lowest_pitch, synthesizer=None
         (folder / kind).mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "npy" / f"{name}.npy", npy_writer(song))
     atomic_write(folder / "midi" / f"{name}.mid", midi.write)
-    atomic_write(folder / "img" / f"{name}.png", png_writer(image))
     audio = None
     if synthesizer:
         audio = synthesizer.render(midi, song_seconds(len(song), bpm))
         atomic_write(folder / "wav" / f"{name}.wav", data_loader.wav_writer(audio, synthesizer.sample_rate))
+    # The picture last: the run page lists a song by its picture, so a song it lists is complete.
+    atomic_write(folder / "img" / f"{name}.png", png_writer(image))
     if not notes:
         print(f"warning: {name} has no notes: every value is below {threshold:.3g}", file=sys.stderr)
     return WrittenSong(name, len(notes), image, audio)
@@ -717,7 +720,8 @@ class RunFolder:
     - ``state.json``: the same, for the program (and ``--resume``)
     - ``logs/``: TensorBoard event files (``train``, ``validation``, ``songs``)
     - ``model/``: ``vae.keras`` (with the optimizer's state), ``encoder.keras``,
-      ``decoder.keras``, saved after every completed epoch
+      ``decoder.keras``, saved after every completed epoch (in ``model/epochNNNN/``
+      until state.json records the epoch, then moved into place)
     - ``generated/npy``, ``generated/midi``, ``generated/img``, ``generated/wav``: the songs
     - ``index.html`` and ``losses.png``: the run page, rewritten after every epoch
     - ``evaluation.json``, ``evaluation.png``: the evaluation of the final songs
@@ -749,11 +753,41 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, trained=True):
+        """The run folder at ``path``; with ``trained``, one whose model has learnt an epoch."""
         run = cls(path)
-        if not run.state_file.is_file() or not (run.model / "decoder.keras").is_file():
-            raise UsageError(f"{path} is not a run folder with a trained model (no state.json or model/decoder.keras)")
+        if not run.state_file.is_file():
+            raise UsageError(
+                f"{path} is not a run folder made by train (it has no state.json; "
+                "a run stopped before it wrote one must be started again)"
+            )
+        if trained and not (run.model / "decoder.keras").is_file():
+            raise UsageError(
+                f"{path} has no trained model: no epoch of it has completed "
+                f"(continue it with: python music_generator.py train --resume {path})"
+            )
         return run
+
+    @contextlib.contextmanager
+    def training(self):
+        """Hold the run folder while this process trains it, so that a second ``--resume``
+        of it is refused instead of cleaning up files that are being written."""
+        descriptor = None
+        with contextlib.suppress(ImportError):  # Windows has no fcntl, and no such lock
+            import fcntl
+
+            descriptor = os.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(descriptor)
+                message = f"{self.path} is being trained by another process; wait for it, or stop it first"
+                raise UsageError(message) from None
+        try:
+            yield
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
 
     def load_state(self):
         try:
@@ -762,14 +796,44 @@ class RunFolder:
             raise UsageError(f"cannot read {self.state_file}: {error}") from None
 
     def save(self, state):
-        """Write state.json and the info file, atomically."""
+        """Write state.json and the info file, atomically. state.json is the record of what
+        is complete: an epoch counts once it is written there."""
         atomic_write(self.state_file, lambda path: Path(path).write_text(json.dumps(state, indent=1)))
         atomic_write(self.info, lambda path: Path(path).write_text(info_text(state), encoding="utf-8"))
 
-    def save_models(self, vae):
-        """Save the VAE (with its optimizer, for --resume), encoder and decoder, atomically."""
+    def staged_models(self, epoch):
+        return self.model / f"epoch{epoch:04d}"
+
+    def save_models(self, vae, epoch):
+        """Save the VAE (with its optimizer, for --resume), encoder and decoder of ``epoch``
+        into ``model/epochNNNN/``; ``use_models`` moves them into place once state.json
+        records the epoch. So the models in place are always those of the last recorded
+        epoch, whenever a kill comes."""
+        folder = self.staged_models(epoch)
+        folder.mkdir(exist_ok=True)
         for name, model in (("vae", vae), ("encoder", vae.encoder), ("decoder", vae.decoder)):
-            atomic_write(self.model / f"{name}.keras", model.save, suffix=".part.keras")
+            atomic_write(folder / f"{name}.keras", model.save, suffix=".keras")
+
+    def use_models(self, epoch):
+        folder = self.staged_models(epoch)
+        for path in sorted(folder.glob("*.keras")):
+            os.replace(path, self.model / path.name)
+        folder.rmdir()
+
+    def recover(self, epochs_done):
+        """Bring the folder back to its last recorded epoch after a kill: remove part files,
+        move that epoch's models into place if the kill came before, and remove the models
+        and songs of an epoch that was not recorded."""
+        remove_partial_files(self.path, recursive=True)
+        for folder in self.model.glob("epoch*"):
+            if folder == self.staged_models(epochs_done):
+                self.use_models(epochs_done)
+            else:
+                shutil.rmtree(folder)
+        for path in self.generated.glob("*/epoch*_song*"):
+            epoch = re.match(r"epoch(\d+)_", path.name)
+            if epoch and int(epoch.group(1)) > epochs_done:
+                path.unlink()
 
 
 def info_text(state):
@@ -1013,7 +1077,9 @@ class Speedometer(keras.callbacks.Callback):
 
 class EpochEnd(keras.callbacks.Callback):
     """After every epoch: stop on a non-finite loss (keeping the last good model), else
-    save the models and the run state, and write the songs of the fixed latent vectors."""
+    save the models, write the songs of the fixed latent vectors, and record the epoch in
+    the run state. A kill before the record leaves the run as it was after the previous
+    epoch (see RunFolder.recover); one after it, the epoch complete."""
 
     def __init__(self, run, state, latents, songs, tensorboard):
         super().__init__()
@@ -1033,11 +1099,13 @@ class EpochEnd(keras.callbacks.Callback):
             self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
             self.model.stop_training = True
             return
-        self.run.save_models(self.model)
+        self.run.save_models(self.model, epoch + 1)
+        prefix = f"epoch{epoch + 1:03d}"
+        written = write_songs(self.model.decoder, self.latents, self.run.generated, prefix, **self.songs)
         self.state["history"].append({"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started})
         self.state["epochs_done"] = epoch + 1
         self.run.save(self.state)
-        written = write_songs(self.model.decoder, self.latents, self.run.generated, f"epoch{epoch + 1:03d}", **self.songs)
+        self.run.use_models(epoch + 1)
         if self.tensorboard:
             self.tensorboard.songs(written, epoch + 1)
         write_run_page(self.run, self.state)
@@ -1046,6 +1114,35 @@ class EpochEnd(keras.callbacks.Callback):
         # Freeing them now keeps it flat (160 ms on a 2-core machine).
         gc.collect()
         print(f"epoch {epoch + 1}: model saved; songs with " + ", ".join(str(song.notes) for song in written) + " notes")
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C during ``fit`` stops training before the next training batch, by raising
+    KeyboardInterrupt there: an epoch whose batches are done is still validated and
+    recorded, and no file is being written. A second Ctrl-C raises it at once. (Python's
+    own KeyboardInterrupt lands anywhere: in a save, or inside TensorFlow.) Use as a
+    context manager around ``fit``, and as one of its callbacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.press)
+        return self
+
+    def __exit__(self, *exception):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def press(self, signal_number, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        print("\nCtrl-C: stopping before the next batch (press it again to stop at once)", file=sys.stderr)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.pressed:
+            raise KeyboardInterrupt
 
 
 class TensorBoardLog(keras.callbacks.Callback):
@@ -1138,15 +1235,26 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
     data = read_data(args.data, args.validation_split, args.seed)
-    jit = default_jit() if args.jit is None else args.jit
     synthesizer = song_synthesizer(args)
-
     if run is None:
         run = RunFolder.create(args.output_dir, args.run_name)
+        state = new_state(run, args)
+    with run.training():
+        if args.resume:
+            run.recover(state["epochs_done"])
+        return train_run(run, state, args, data, synthesizer)
+
+
+def train_run(run, state, args, data, synthesizer):
+    """Train ``run`` from its last recorded epoch to ``args.epochs``, then write its final
+    songs and evaluate them; whatever stops it, record how far it got."""
+    jit = default_jit() if args.jit is None else args.jit
+    if state["epochs_done"] == 0:  # a new run, or one that stopped before its first epoch ended
+        if args.resume:
+            print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
         density = data["mean_notes"] / math.prod(data["shape"])
         vae = build_vae(data["measures"], args.measure_hidden, args.measure_features, args.song_hidden, args.latent, args.kl_weight, args.reconstruction, density)
         optimizer = FusedAdam(learning_rate=args.lr)
-        state = new_state(run, args)
     else:
         vae = keras.saving.load_model(run.model / "vae.keras")
         optimizer = vae.optimizer
@@ -1174,25 +1282,34 @@ def train(args):
     tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
     epoch_end = EpochEnd(run, state, fixed_latents(args.songs_per_epoch, args.latent, args.seed), songs, tensorboard)
     speedometer = Speedometer(len(data["training"]), args.batch_size, flops, peak)
+    callbacks = (EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end)
+    if state["epochs_done"] < args.epochs:
+        epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
+    else:
+        epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
     print(
         f"Run {run.path}: {len(data['training'])} training and {len(data['validation'])} validation samples, "
-        f"{state['model']['parameters']:,} parameters, epochs {state['epochs_done'] + 1}-{args.epochs}; "
+        f"{state['model']['parameters']:,} parameters, {epochs}; "
         f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
     )
     note_sine_waves(synthesizer)
     try:
-        vae.fit(
-            training,
-            validation_data=validation,
-            epochs=args.epochs,
-            initial_epoch=state["epochs_done"],
-            # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of the
-            # batches draws from Python's global random state, which a resumed run
-            # starts afresh.
-            shuffle=False,
-            callbacks=[c for c in (EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end) if c],
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        if state["epochs_done"] < args.epochs:
+            with CtrlC() as ctrl_c:
+                vae.fit(
+                    training,
+                    validation_data=validation,
+                    epochs=args.epochs,
+                    initial_epoch=state["epochs_done"],
+                    # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of the
+                    # batches draws from Python's global random state, which a resumed run
+                    # starts afresh.
+                    shuffle=False,
+                    callbacks=[c for c in (*callbacks, ctrl_c) if c],
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
+            if ctrl_c.pressed:  # after the last batch: still a request to stop
+                raise KeyboardInterrupt
         if epoch_end.stopped:
             finish(run, state, f"stopped: {epoch_end.stopped}")
             print(
@@ -1215,11 +1332,19 @@ def train(args):
         if state["epochs_done"] < args.epochs:
             print(f"Interrupted. Continue with: python music_generator.py train --resume {run.path}", file=sys.stderr)
         else:
-            print(f"Interrupted after the last epoch. Songs: python music_generator.py generate --run {run.path}; judge them with: evaluate --run {run.path} --songs 'sample_*'", file=sys.stderr)
+            print(
+                "Interrupted before the final songs and evaluation; write them with: "
+                f"python music_generator.py train --resume {run.path}",
+                file=sys.stderr,
+            )
         return 130
     except Exception as error:
         with contextlib.suppress(OSError):  # with a full disk, even this may fail
             finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
+        if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
+            where = f" ({error.filename})" if error.filename else ""
+            resume = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
+            raise OSError(error.errno, f"{error.strerror or error}{where}; {resume}") from error
         raise
     finish(run, state, "finished")
     print(f"Done: {run.path}")
@@ -1238,7 +1363,7 @@ def open_run(args):
             raise UsageError("the samples folder is missing: pass --data SAMPLES_DIR (or --resume RUN_DIR)")
         args.epochs = EPOCHS if args.epochs is None else args.epochs
         return None, None, args
-    run = RunFolder.open(args.resume)
+    run = RunFolder.open(args.resume, trained=False)
     state = run.load_state()
     epochs = args.epochs
     # How songs sound is this machine's business (its FluidSynth, its SoundFont files).
@@ -1247,8 +1372,13 @@ def open_run(args):
     state["parameters"].update(sound)
     if epochs is not None:
         args.epochs = state["parameters"]["epochs"] = epochs
-    if state["epochs_done"] >= args.epochs:
+    # A run that did its epochs but was stopped before it finished still owes its final
+    # songs and evaluation: resuming it writes them.
+    if state["epochs_done"] >= args.epochs and state["status"] == "finished":
         raise UsageError(f"{run.path} has done its {args.epochs} epochs; pass --epochs N to train it longer")
+    models = (run.model / "vae.keras", run.staged_models(state["epochs_done"]) / "vae.keras")
+    if state["epochs_done"] > 0 and not any(path.is_file() for path in models):
+        raise UsageError(f"{run.path} has no model/vae.keras to continue from")
     return run, state, args
 
 
@@ -1288,10 +1418,12 @@ def read_data(data_dir, validation_split, seed):
 
 
 def finish(run, state, status):
+    """Record the end of a session: the page first, state.json last, so that a kill between
+    the two leaves the run to be finished by --resume."""
     state["status"] = status
     state["sessions"][-1]["ended"] = now()
-    run.save(state)
     write_run_page(run, state)
+    run.save(state)
 
 
 def song_synthesizer(args):
@@ -1307,8 +1439,6 @@ def note_sine_waves(synthesizer):
     mistake in its options is reported alone, in one line)."""
     if synthesizer and not synthesizer.fluidsynth:
         print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)
-
-
 
 
 # --------------------------------------------------------------------------------------
@@ -1700,6 +1830,9 @@ def main(argv=None):
     except UsageError as error:
         print(f"music_generator.py: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training began, or in generate or evaluate
+        print("music_generator.py: interrupted", file=sys.stderr)
+        return 130
     except OSError as error:  # a full disk: the last completed epoch's files are intact
         where = f" ({error.filename})" if error.filename else ""
         print(f"music_generator.py: error: {error.strerror or error}{where}", file=sys.stderr)

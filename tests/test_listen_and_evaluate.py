@@ -79,7 +79,9 @@ def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_
         assert synthesizer.fluidsynth is None and "sine waves" in str(synthesizer)
 
 
-def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_training_says_so(tmp_path, monkeypatch, capsys):
+def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_training_says_so(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv(dl.HIDE_FLUIDSYNTH, "1")
     assert not dl.has_fluidsynth() and dl.Synthesizer.best().fluidsynth is None
     with pytest.raises(dl.UsageError, match="needs FluidSynth"):

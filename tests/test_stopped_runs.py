@@ -1,0 +1,181 @@
+"""A training run stopped at any moment (killed, Ctrl-C, a full disk) and resumed with
+``train --resume`` ends as the run it would have been: complete, every epoch once, the same
+losses and songs as a run never stopped, and nothing half written left behind.
+
+The runs are stopped by tests/stop_at.py, at moments named by what the run is doing."""
+
+import errno
+import json
+import re
+import signal
+import subprocess
+import sys
+import wave
+
+import keras
+import numpy as np
+import pretty_midi
+import pytest
+
+import music_generator as mg
+from test_data_loader import REPO
+from test_music_generator import SMALL, make_samples, run_cli, train
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and SIGINT between processes are POSIX's")
+
+EPOCHS = 2
+OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "0.001", *SMALL,
+           "--songs-per-epoch", "2", "--songs", "2"]
+BATCHES = 3  # 11 training samples of the 12, in batches of 4
+SONGS = [f"epoch{epoch:03d}_song{song:02d}" for epoch in range(1, EPOCHS + 1) for song in (1, 2)]
+SONGS += ["final_song01", "final_song02"]
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return make_samples(tmp_path_factory.mktemp("stopped") / "samples", 12)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(samples):
+    """The run as it is when nothing stops it."""
+    output = samples.parent / "uninterrupted"
+    result = run_cli("train", "--data", samples, "--output-dir", output, *OPTIONS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = output.iterdir()
+    return run
+
+
+def stop_at(moment, samples, output):
+    """Train in a process that ``moment`` stops (see stop_at.py); return it and its run folder."""
+    command = [sys.executable, str(REPO / "tests" / "stop_at.py"), moment]
+    command += ["train", "--data", str(samples), "--output-dir", str(output), *OPTIONS]
+    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    (run,) = output.iterdir()
+    return process, run
+
+
+def partial_files(run):
+    return [path for path in run.rglob("*") if ".part" in path.name]
+
+
+def state_of(run):
+    return json.loads((run / "state.json").read_text())
+
+
+def assert_resumes_to_the_uninterrupted_run(run, uninterrupted):
+    resumed = run_cli("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = state_of(run)
+    assert state["status"] == "finished"
+    assert [row["epoch"] for row in state["history"]] == list(range(1, EPOCHS + 1))  # each epoch once
+    assert not partial_files(run), partial_files(run)
+    assert sorted(path.name for path in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "vae.keras"]
+    for name in ("encoder", "decoder"):
+        assert isinstance(keras.saving.load_model(run / "model" / f"{name}.keras", safe_mode=True), keras.Model)
+    vae = keras.saving.load_model(run / "model" / "vae.keras", safe_mode=True)
+    assert int(vae.optimizer.iterations.numpy()) == EPOCHS * BATCHES  # the model of the last epoch, trained once
+
+    listed = re.findall(r'<img loading="lazy" src="generated/img/([^"]+)\.png"', (run / "index.html").read_text())
+    assert sorted(listed) == sorted(SONGS)
+    for name in listed:  # every song the page lists is complete
+        assert np.load(run / "generated" / "npy" / f"{name}.npy").shape == (16, 9216)
+        assert pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / f"{name}.mid")).instruments[0].notes
+        with wave.open(str(run / "generated" / "wav" / f"{name}.wav")) as audio:
+            assert audio.getnframes() > 30 * audio.getframerate()
+        assert (run / "generated" / "img" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(json.loads((run / "evaluation.json").read_text())["songs"]) == ["final_song01", "final_song02"]
+
+    # The run it would have been: the same losses, epoch by epoch, and the same songs.
+    reference = state_of(uninterrupted)
+    for row, expected in zip(state["history"], reference["history"]):
+        for key in ("loss", "reconstruction", "kl", "val_loss"):
+            assert row[key] == pytest.approx(expected[key], rel=1e-6), (row["epoch"], key)
+    for name in SONGS:
+        ours, theirs = (np.load(folder / "generated" / "npy" / f"{name}.npy") for folder in (run, uninterrupted))
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=name)
+
+
+KILLS = [  # (when, epochs recorded when the kill comes)
+    ("batch:1:2", 0),  # in the first epoch: nothing is recorded, and resuming starts it again
+    ("batch:2:2", 1),  # in an epoch
+    ("write:epoch0002/encoder.keras", 1),  # while saving the models
+    ("write:wav/epoch002_song02.wav", 1),  # while writing an epoch's songs
+    ("write:midi/final_song02.mid", EPOCHS),  # while writing the final songs
+    ("call:reconstruction_scores", EPOCHS),  # during the final evaluation
+]
+
+
+@pytest.mark.parametrize(("when", "recorded"), KILLS, ids=[when for when, _ in KILLS])
+def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(
+    samples, uninterrupted, tmp_path, when, recorded
+):
+    killed, run = stop_at(f"kill@{when}", samples, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    state = state_of(run)
+    assert (state["epochs_done"], state["status"]) == (recorded, "training")
+    if when.startswith("write:"):
+        assert partial_files(run)  # half-written: what resuming must clear away
+    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
+
+
+CTRL_C = [  # (how@when, epochs recorded, what the message says to do)
+    ("ctrl-c@batch:2:2", 1, "Continue with: python music_generator.py train --resume"),
+    # Pressed while the last epoch is saved: the epoch is recorded, and the run stops before its final songs.
+    ("ctrl-c@write:epoch0002/vae.keras", EPOCHS, "write them with: python music_generator.py train --resume"),
+    ("ctrl-c-twice@write:epoch0002/vae.keras", 1, "Continue with: python music_generator.py train --resume"),
+    ("ctrl-c@write:img/final_song01.png", EPOCHS, "write them with: python music_generator.py train --resume"),
+]
+
+
+@pytest.mark.parametrize(("moment", "recorded", "advice"), CTRL_C, ids=[moment for moment, _, _ in CTRL_C])
+def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_would_have_been(
+    samples, uninterrupted, tmp_path, moment, recorded, advice
+):
+    """Once: before the next training batch, an epoch whose batches are done still recorded.
+    Twice, or after training: at once. Each time with the command that continues the run."""
+    interrupted, run = stop_at(moment, samples, tmp_path)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert advice in interrupted.stderr and "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
+    state = state_of(run)
+    assert (state["epochs_done"], state["status"]) == (recorded, f"interrupted after epoch {recorded}")
+    assert not partial_files(run)  # Python's KeyboardInterrupt reaches the writers, which clean up
+    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
+
+
+def test_a_full_disk_before_the_first_epoch_ends_is_one_line_and_resuming_starts_the_run_again(
+    tmp_path, monkeypatch, capsys
+):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model/epoch0001/vae.keras")
+
+    monkeypatch.setattr(mg.RunFolder, "save_models", full_disk)
+    code, run = train(tmp_path, epochs=2)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert error == (
+        "music_generator.py: error: No space left on device (model/epoch0001/vae.keras); "
+        f"when fixed, continue with: python music_generator.py train --resume {run}"
+    )
+    state = state_of(run)
+    assert (state["epochs_done"], state["status"]) == (0, "failed after epoch 0: OSError")
+    assert mg.main(["generate", "--run", str(run)]) == 2
+    assert "has no trained model: no epoch of it has completed" in capsys.readouterr().err
+
+    monkeypatch.undo()
+    assert mg.main(["train", "--resume", str(run)]) == 0
+    assert "it starts again from epoch 1" in capsys.readouterr().err
+    state = state_of(run)
+    assert state["status"] == "finished" and [row["epoch"] for row in state["history"]] == [1, 2]
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys):
+    code, run = train(tmp_path, epochs=1)
+    assert code == 0
+    before = (run / "state.json").read_bytes()
+    (run / "generated" / "img" / "epoch002_song01.png").write_bytes(b"as if a training of epoch 2 were writing it")
+    with mg.RunFolder(run).training():  # as the process training it does
+        assert mg.main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "is being trained by another process" in capsys.readouterr().err
+    assert (run / "state.json").read_bytes() == before
+    assert (run / "generated" / "img" / "epoch002_song01.png").exists()  # not cleaned away from under it
