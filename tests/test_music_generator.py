@@ -60,7 +60,7 @@ FLUIDSYNTH = [
     pytest.param(
         False,
         id="no-fluidsynth",
-        marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason="FluidSynth is not installed: the other case runs without"),
+        marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason="no FluidSynth: the other case runs without it"),
     ),
 ]
 
