@@ -486,14 +486,14 @@ SOUNDFONTS = (
 )
 
 
-HIDE_FLUIDSYNTH = "MUSIC_VAE_NO_FLUIDSYNTH"  # set to 1: render as on a machine without FluidSynth
+HIDE_FLUIDSYNTH = "MUSIC_VAE_NO_FLUIDSYNTH"  # =1: render as on a machine without FluidSynth
 
 
 def has_fluidsynth():
     """Whether pyfluidsynth and the FluidSynth library it loads are installed, and not
     hidden by the environment variable HIDE_FLUIDSYNTH (so that tests, and a user
     comparing, can see what a machine without FluidSynth does)."""
-    if os.environ.get(HIDE_FLUIDSYNTH, "0") not in ("", "0"):
+    if os.environ.get(HIDE_FLUIDSYNTH) == "1":
         return False
     try:
         import fluidsynth  # noqa: F401
@@ -631,9 +631,28 @@ def write_part(path, write, suffix=""):
 
 def atomic_write(path, write, suffix=""):
     """Call ``write(temporary_path)`` and move the result to ``path``: readers see the old
-    file or the complete new one, never a half-written one. ``suffix`` ends the temporary
-    name, for writers that insist on one (Keras wants ``.keras``)."""
-    os.replace(write_part(path, write, suffix), path)
+    file or the complete new one, never a half-written one, even after a power cut (both
+    the file and its new name reach the disk before this returns). ``suffix`` ends the
+    temporary name, for writers that insist on one (Keras wants ``.keras``)."""
+    part = write_part(path, write, suffix)
+    flush_to_disk(part)
+    os.replace(part, path)
+    flush_to_disk(Path(path).parent)
+
+
+def flush_to_disk(path):
+    """Wait until the file or folder ``path`` is on the disk, not only in the system's cache
+    (for a folder: the names in it; Windows cannot, and does without)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder, on Windows
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # not every file system can
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def remove_partial_files(folder, recursive=False):

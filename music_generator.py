@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,11 @@ from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
+
+try:
+    import fcntl  # locks a run folder while it trains; Windows has none
+except ImportError:
+    fcntl = None
 
 import data_loader
 import music_metrics
@@ -125,12 +131,13 @@ class Sampling(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 
-    # Keras saves a layer's own weights, not its noise generator's position: without it, a
-    # resumed run would draw noise the uninterrupted run never drew.
     def save_own_variables(self, store):
+        """Save the noise generator's position: Keras saves a layer's own weights only, and
+        without it a resumed run would draw noise the run never stopped did not."""
         store["0"] = ops.convert_to_numpy(self.seed_generator.state)
 
     def load_own_variables(self, store):
+        """Restore the noise generator's position, where the model file has one."""
         if "0" in store.keys():  # models saved before the position was kept have none
             self.seed_generator.state.assign(store["0"])
 
@@ -720,7 +727,7 @@ class RunFolder:
     - ``state.json``: the same, for the program (and ``--resume``)
     - ``logs/``: TensorBoard event files (``train``, ``validation``, ``songs``)
     - ``model/``: ``vae.keras`` (with the optimizer's state), ``encoder.keras``,
-      ``decoder.keras``, saved after every completed epoch (in ``model/epochNNNN/``
+      ``decoder.keras``, saved after every completed epoch (in ``model/epochNNN/``
       until state.json records the epoch, then moved into place)
     - ``generated/npy``, ``generated/midi``, ``generated/img``, ``generated/wav``: the songs
     - ``index.html`` and ``losses.png``: the run page, rewritten after every epoch
@@ -762,10 +769,8 @@ class RunFolder:
                 "a run stopped before it wrote one must be started again)"
             )
         if trained and not (run.model / "decoder.keras").is_file():
-            raise UsageError(
-                f"{path} has no trained model: no epoch of it has completed "
-                f"(continue it with: python music_generator.py train --resume {path})"
-            )
+            resume = f"python music_generator.py train --resume {path}"
+            raise UsageError(f"{path} has no trained model in place yet (continue it with: {resume})")
         return run
 
     @contextlib.contextmanager
@@ -773,21 +778,30 @@ class RunFolder:
         """Hold the run folder while this process trains it, so that a second ``--resume``
         of it is refused instead of cleaning up files that are being written."""
         descriptor = None
-        with contextlib.suppress(ImportError):  # Windows has no fcntl, and no such lock
-            import fcntl
-
+        if fcntl:  # not on Windows, which has no such lock
             descriptor = os.open(self.path, os.O_RDONLY)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 os.close(descriptor)
                 message = f"{self.path} is being trained by another process; wait for it, or stop it first"
                 raise UsageError(message) from None
+            except OSError as error:  # a file system without locks (some network ones): train unguarded
+                os.close(descriptor)
+                descriptor = None
+                note = f"note: cannot lock {self.path} ({error.strerror}); do not resume it twice at once"
+                print(note, file=sys.stderr)
         try:
             yield
         finally:
             if descriptor is not None:
                 os.close(descriptor)
+
+    def remove_unless_saved(self):
+        """Remove the folder if its state was never saved (the disk was full from the start):
+        it would hold nothing to resume."""
+        if not self.state_file.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def load_state(self):
         try:
@@ -802,11 +816,12 @@ class RunFolder:
         atomic_write(self.info, lambda path: Path(path).write_text(info_text(state), encoding="utf-8"))
 
     def staged_models(self, epoch):
-        return self.model / f"epoch{epoch:04d}"
+        """Where the models of ``epoch`` wait until state.json records it."""
+        return self.model / f"epoch{epoch:03d}"
 
     def save_models(self, vae, epoch):
         """Save the VAE (with its optimizer, for --resume), encoder and decoder of ``epoch``
-        into ``model/epochNNNN/``; ``use_models`` moves them into place once state.json
+        into ``model/epochNNN/``; ``use_models`` moves them into place once state.json
         records the epoch. So the models in place are always those of the last recorded
         epoch, whenever a kill comes."""
         folder = self.staged_models(epoch)
@@ -815,8 +830,10 @@ class RunFolder:
             atomic_write(folder / f"{name}.keras", model.save, suffix=".keras")
 
     def use_models(self, epoch):
+        """Move the models of ``epoch``, which state.json records, into place. A kill halfway
+        leaves the rest in their folder, which ``recover`` moves."""
         folder = self.staged_models(epoch)
-        for path in sorted(folder.glob("*.keras")):
+        for path in folder.glob("*.keras"):
             os.replace(path, self.model / path.name)
         folder.rmdir()
 
@@ -1102,8 +1119,9 @@ class EpochEnd(keras.callbacks.Callback):
         self.run.save_models(self.model, epoch + 1)
         prefix = f"epoch{epoch + 1:03d}"
         written = write_songs(self.model.decoder, self.latents, self.run.generated, prefix, **self.songs)
-        self.state["history"].append({"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started})
-        self.state["epochs_done"] = epoch + 1
+        row = {"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started}
+        # One call, which a second Ctrl-C cannot split: the history and the count agree.
+        self.state.update(history=[*self.state["history"], row], epochs_done=epoch + 1)
         self.run.save(self.state)
         self.run.use_models(epoch + 1)
         if self.tensorboard:
@@ -1128,13 +1146,17 @@ class CtrlC(keras.callbacks.Callback):
         self.pressed = False
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.press)
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+            self.previous = signal.signal(signal.SIGINT, self.press)
         return self
 
     def __exit__(self, *exception):
-        signal.signal(signal.SIGINT, self.previous)
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
     def press(self, signal_number, frame):
+        """The SIGINT handler: the first press asks to stop, the second stops."""
         if self.pressed:
             raise KeyboardInterrupt
         self.pressed = True
@@ -1230,123 +1252,110 @@ PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mi
 
 
 def train(args):
-    """The train command: a new run, or ``--resume`` of an interrupted one."""
-    run, state, args = open_run(args)
-    keras.utils.set_random_seed(args.seed)
-    keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
-    data = read_data(args.data, args.validation_split, args.seed)
-    synthesizer = song_synthesizer(args)
-    if run is None:
-        run = RunFolder.create(args.output_dir, args.run_name)
-        state = new_state(run, args)
-    with run.training():
+    """The train command: a new run, or ``--resume`` of a stopped one."""
+    with contextlib.ExitStack() as held:
+        run = state = None
         if args.resume:
+            run = RunFolder.open(args.resume, trained=False)
+            held.enter_context(run.training())  # before its state is read: no other process changes it now
+            state, args = resumed_state(run, args)
             run.recover(state["epochs_done"])
-        return train_run(run, state, args, data, synthesizer)
-
-
-def train_run(run, state, args, data, synthesizer):
-    """Train ``run`` from its last recorded epoch to ``args.epochs``, then write its final
-    songs and evaluate them; whatever stops it, record how far it got."""
-    jit = default_jit() if args.jit is None else args.jit
-    if state["epochs_done"] == 0:  # a new run, or one that stopped before its first epoch ended
-        if args.resume:
-            print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
-        density = data["mean_notes"] / math.prod(data["shape"])
-        vae = build_vae(data["measures"], args.measure_hidden, args.measure_features, args.song_hidden, args.latent, args.kl_weight, args.reconstruction, density)
-        optimizer = FusedAdam(learning_rate=args.lr)
-    else:
-        vae = keras.saving.load_model(run.model / "vae.keras")
-        optimizer = vae.optimizer
-    getattr(optimizer, "inner_optimizer", optimizer).fuse = not jit  # inside float16's loss scaling
-    vae.compile(optimizer=optimizer, jit_compile=jit)
-
-    cache = args.cache and cache_fits(len(data["training"]) + len(data["validation"]), data["shape"])
-    if args.cache and not cache:
-        print("note: --cache: the samples would take more than half of this machine's memory; reading them from disk", file=sys.stderr)
-    training = SongFiles(data["training"], args.batch_size, data["shape"], shuffle=True, seed=args.seed, epoch=state["epochs_done"], cache=cache)
-    validation = SongFiles(data["validation"], args.batch_size, data["shape"], cache=cache) if data["validation"] else None
-
-    flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
-    state["data"] = {key: value for key, value in data.items() if key not in ("training", "validation", "shape")}
-    state["data"].update(training=len(data["training"]), validation=len(data["validation"]))
-    state["model"] = {"parameters": vae.count_params(), "encoder": vae.encoder.count_params(), "decoder": vae.decoder.count_params()}
-    state["speed"] = {"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9}
-    state["environment"] = environment()
-    state["audio"] = str(synthesizer) if synthesizer else "none (--no-audio)"
-    state["status"] = "training"
-    state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
-    run.save(state)
-
-    songs = dict(threshold=args.threshold, notes=data["mean_notes"], bpm=args.bpm, lowest_pitch=data["lowest_pitch"], synthesizer=synthesizer)
-    tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
-    epoch_end = EpochEnd(run, state, fixed_latents(args.songs_per_epoch, args.latent, args.seed), songs, tensorboard)
-    speedometer = Speedometer(len(data["training"]), args.batch_size, flops, peak)
-    callbacks = (EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end)
-    if state["epochs_done"] < args.epochs:
-        epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
-    else:
-        epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
-    print(
-        f"Run {run.path}: {len(data['training'])} training and {len(data['validation'])} validation samples, "
-        f"{state['model']['parameters']:,} parameters, {epochs}; "
-        f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
-    )
-    note_sine_waves(synthesizer)
-    try:
-        if state["epochs_done"] < args.epochs:
-            with CtrlC() as ctrl_c:
-                vae.fit(
-                    training,
-                    validation_data=validation,
-                    epochs=args.epochs,
-                    initial_epoch=state["epochs_done"],
-                    # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of the
-                    # batches draws from Python's global random state, which a resumed run
-                    # starts afresh.
-                    shuffle=False,
-                    callbacks=[c for c in (*callbacks, ctrl_c) if c],
-                    verbose=1 if sys.stdout.isatty() else 2,
-                )
-            if ctrl_c.pressed:  # after the last batch: still a request to stop
-                raise KeyboardInterrupt
-        if epoch_end.stopped:
-            finish(run, state, f"stopped: {epoch_end.stopped}")
-            print(
-                f"music_generator.py: error: training stopped: {epoch_end.stopped}; the model of epoch "
-                f"{state['epochs_done']} is kept in {run.model}. Try a lower --lr.",
-                file=sys.stderr,
-            )
-            return 1
-        written = write_songs(vae.decoder, fixed_latents(args.songs, args.latent, args.seed + 1), run.generated, "final", **songs)
-        if written:
-            song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
-            results = evaluate_songs(vae.encoder, vae.decoder, song_paths, data["training"] + data["validation"], data["validation"], args.threshold, data["mean_notes"], data["lowest_pitch"], seed=args.seed)
-            results["compared"]["data_folder"] = data["folder"]
-            state["evaluation"], image = write_evaluation(run, results)
-            if tensorboard:
-                tensorboard.evaluation(results, image, state["epochs_done"])
-            print("Evaluation: " + evaluation_table(results))
-    except KeyboardInterrupt:
-        finish(run, state, f"interrupted after epoch {state['epochs_done']}")
-        if state["epochs_done"] < args.epochs:
-            print(f"Interrupted. Continue with: python music_generator.py train --resume {run.path}", file=sys.stderr)
         else:
-            print(
-                "Interrupted before the final songs and evaluation; write them with: "
-                f"python music_generator.py train --resume {run.path}",
-                file=sys.stderr,
-            )
-        return 130
-    except Exception as error:
-        with contextlib.suppress(OSError):  # with a full disk, even this may fail
-            finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
-        if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
-            where = f" ({error.filename})" if error.filename else ""
-            resume = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
-            raise OSError(error.errno, f"{error.strerror or error}{where}; {resume}") from error
-        raise
-    finish(run, state, "finished")
+            args = new_run_args(args)
+        keras.utils.set_random_seed(args.seed)
+        keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
+        data = read_data(args.data, args.validation_split, args.seed)
+        synthesizer = song_synthesizer(args)
+        jit = default_jit() if args.jit is None else args.jit
+        vae = model_to_train(run, state, args, data, jit)
+        cache = args.cache and cache_fits(len(data["training"]) + len(data["validation"]), data["shape"])
+        if args.cache and not cache:
+            note = "the samples would take more than half of this machine's memory; reading them from disk"
+            print(f"note: --cache: {note}", file=sys.stderr)
+        batches = dict(batch_size=args.batch_size, shape=data["shape"], cache=cache)
+        training = SongFiles(data["training"], shuffle=True, seed=args.seed, **batches)
+        validation = SongFiles(data["validation"], **batches) if data["validation"] else None
+        flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
+
+        if run is None:  # made only now, so that a stop while the model and the data get ready leaves no folder
+            run = RunFolder.create(args.output_dir, args.run_name)
+            held.enter_context(run.training())
+            held.callback(run.remove_unless_saved)
+            state = new_state(run, args)
+        state["data"] = {key: value for key, value in data.items() if key not in ("training", "validation", "shape")}
+        state["data"].update(training=len(data["training"]), validation=len(data["validation"]))
+        state["model"] = {
+            "parameters": vae.count_params(),
+            "encoder": vae.encoder.count_params(),
+            "decoder": vae.decoder.count_params(),
+        }
+        state["speed"] = {"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9}
+        state["environment"] = environment()
+        state["audio"] = str(synthesizer) if synthesizer else "none (--no-audio)"
+        state["status"] = "training"
+        state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
+        run.save(state)
+
+        songs = dict(threshold=args.threshold, notes=data["mean_notes"], bpm=args.bpm)
+        songs.update(lowest_pitch=data["lowest_pitch"], synthesizer=synthesizer)
+        tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
+        epoch_latents = fixed_latents(args.songs_per_epoch, args.latent, args.seed)
+        epoch_end = EpochEnd(run, state, epoch_latents, songs, tensorboard)
+        speedometer = Speedometer(len(data["training"]), args.batch_size, flops, peak)
+        callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end]
+        if state["epochs_done"] < args.epochs:
+            epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
+        else:
+            epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
+        print(
+            f"Run {run.path}: {len(data['training'])} training and {len(data['validation'])} validation samples, "
+            f"{state['model']['parameters']:,} parameters, {epochs}; "
+            f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
+        )
+        note_sine_waves(synthesizer)
+        try:
+            if state["epochs_done"] < args.epochs:
+                with CtrlC() as ctrl_c:
+                    vae.fit(
+                        training,
+                        validation_data=validation,
+                        epochs=args.epochs,
+                        initial_epoch=state["epochs_done"],
+                        # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of
+                        # the batches draws from Python's global random state, which a resumed
+                        # run starts afresh.
+                        shuffle=False,
+                        callbacks=[c for c in (*callbacks, ctrl_c) if c],
+                        verbose=1 if sys.stdout.isatty() else 2,
+                    )
+                if ctrl_c.pressed:  # after the last batch: still a request to stop
+                    raise KeyboardInterrupt
+            if epoch_end.stopped:
+                finish(run, state, f"stopped: {epoch_end.stopped}")
+                print(
+                    f"music_generator.py: error: training stopped: {epoch_end.stopped}; the model of epoch "
+                    f"{state['epochs_done']} is kept in {run.model}. Try a lower --lr.",
+                    file=sys.stderr,
+                )
+                return 1
+            written = final_songs(run, state, vae, args, data, songs, tensorboard)
+        except KeyboardInterrupt:
+            finish(run, state, f"interrupted after epoch {state['epochs_done']}")
+            resume = f"python music_generator.py train --resume {run.path}"
+            if state["epochs_done"] < args.epochs:
+                print(f"Interrupted. Continue with: {resume}", file=sys.stderr)
+            else:
+                print(f"Interrupted before the final songs and evaluation; write them with: {resume}", file=sys.stderr)
+            return 130
+        except Exception as error:
+            with contextlib.suppress(OSError):  # with a full disk, even this may fail
+                finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
+            if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
+                where = f" ({error.filename})" if error.filename else ""
+                resume = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
+                raise OSError(error.errno, f"{error.strerror or error}{where}; {resume}") from error
+            raise
+        finish(run, state, "finished")
     print(f"Done: {run.path}")
     print(f"  songs:       {run.generated / 'midi'} ({len(written)} final songs, and {args.songs_per_epoch} per epoch)")
     print(f"  page:        {run.page} (open it in a browser: songs to see and hear)")
@@ -1355,15 +1364,17 @@ def train_run(run, state, args, data, synthesizer):
     return 0
 
 
-def open_run(args):
-    """(run, state, args) for ``--resume`` (the run's own parameters, ``--epochs`` aside),
-    or (None, None, args) for a new run."""
-    if not args.resume:
-        if not args.data:
-            raise UsageError("the samples folder is missing: pass --data SAMPLES_DIR (or --resume RUN_DIR)")
-        args.epochs = EPOCHS if args.epochs is None else args.epochs
-        return None, None, args
-    run = RunFolder.open(args.resume, trained=False)
+def new_run_args(args):
+    """``args`` of a new run, checked, with the default number of epochs filled in."""
+    if not args.data:
+        raise UsageError("the samples folder is missing: pass --data SAMPLES_DIR (or --resume RUN_DIR)")
+    args.epochs = EPOCHS if args.epochs is None else args.epochs
+    return args
+
+
+def resumed_state(run, args):
+    """(state, args) of a run to resume: its own parameters, but for ``--epochs`` and how
+    the songs sound, which follow the command line."""
     state = run.load_state()
     epochs = args.epochs
     # How songs sound is this machine's business (its FluidSynth, its SoundFont files).
@@ -1371,15 +1382,54 @@ def open_run(args):
     args = argparse.Namespace(**{**vars(args), **state["parameters"], **sound, "resume": args.resume})
     state["parameters"].update(sound)
     if epochs is not None:
+        if epochs < state["epochs_done"]:
+            done = state["epochs_done"]
+            raise UsageError(f"{run.path} has done {done} epochs already; --epochs cannot take them back")
         args.epochs = state["parameters"]["epochs"] = epochs
     # A run that did its epochs but was stopped before it finished still owes its final
     # songs and evaluation: resuming it writes them.
     if state["epochs_done"] >= args.epochs and state["status"] == "finished":
         raise UsageError(f"{run.path} has done its {args.epochs} epochs; pass --epochs N to train it longer")
-    models = (run.model / "vae.keras", run.staged_models(state["epochs_done"]) / "vae.keras")
-    if state["epochs_done"] > 0 and not any(path.is_file() for path in models):
-        raise UsageError(f"{run.path} has no model/vae.keras to continue from")
-    return run, state, args
+    return state, args
+
+
+def model_to_train(run, state, args, data, jit):
+    """The compiled VAE to train: the run's, as its last recorded epoch left it, or a new one
+    for a new run (``run`` None) and for a run stopped before its first epoch ended."""
+    if state and state["epochs_done"] > 0:
+        if not (run.model / "vae.keras").is_file():
+            raise UsageError(f"{run.path} has no model/vae.keras to continue from")
+        vae = keras.saving.load_model(run.model / "vae.keras")
+        optimizer = vae.optimizer
+    else:
+        if state:
+            print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
+        density = data["mean_notes"] / math.prod(data["shape"])
+        sizes = (data["measures"], args.measure_hidden, args.measure_features, args.song_hidden, args.latent)
+        vae = build_vae(*sizes, args.kl_weight, args.reconstruction, density)
+        optimizer = FusedAdam(learning_rate=args.lr)
+    getattr(optimizer, "inner_optimizer", optimizer).fuse = not jit  # inside float16's loss scaling
+    vae.compile(optimizer=optimizer, jit_compile=jit)
+    return vae
+
+
+def final_songs(run, state, vae, args, data, songs, tensorboard):
+    """Write the run's final songs and evaluate them against the data (into the run
+    folder, its state and TensorBoard); return the WrittenSongs."""
+    latents = fixed_latents(args.songs, args.latent, args.seed + 1)
+    written = write_songs(vae.decoder, latents, run.generated, "final", **songs)
+    if written:
+        song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
+        results = evaluate_songs(
+            vae.encoder, vae.decoder, song_paths, data["training"] + data["validation"], data["validation"],
+            args.threshold, data["mean_notes"], data["lowest_pitch"], seed=args.seed,
+        )
+        results["compared"]["data_folder"] = data["folder"]
+        state["evaluation"], image = write_evaluation(run, results)
+        if tensorboard:
+            tensorboard.evaluation(results, image, state["epochs_done"])
+        print("Evaluation: " + evaluation_table(results))
+    return written
 
 
 def new_state(run, args):

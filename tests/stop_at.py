@@ -9,7 +9,8 @@ HOW is ``kill``, ``ctrl-c`` or ``ctrl-c-twice`` (two presses at once). WHEN is
 - ``batch:E:B``: as training batch B of epoch E begins (both counted from 1);
 - ``write:NAME``: while the file whose path ends in NAME is written (a kill comes when
   its part file is half written);
-- ``call:FUNCTION``: as ``music_generator.FUNCTION`` is called.
+- ``call:NAME[:N]``: as ``music_generator.NAME`` (a function, or a method such as
+  ``RunFolder.use_models``) is called for the Nth time (default: the first).
 """
 
 import os
@@ -31,8 +32,8 @@ def stopper(how):
 
     def ctrl_c(presses):
         def press():
-            for _ in range(presses):
-                os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(presses):  # each handled before the next: signals to this thread come at once
+                signal.raise_signal(signal.SIGINT)
 
         return press
 
@@ -74,14 +75,18 @@ def while_writing(stop, name, half=False):
     data_loader.write_part = write_and_stop
 
 
-def at_call(stop, function):
-    called = getattr(music_generator, function)
+def at_call(stop, name, count=1):
+    owner_name, _, attribute = name.rpartition(".")
+    owner = getattr(music_generator, owner_name) if owner_name else music_generator
+    called, calls = getattr(owner, attribute), []
 
     def stop_then_call(*args, **kwargs):
-        stop()
+        calls.append(1)
+        if len(calls) == count:
+            stop()
         return called(*args, **kwargs)
 
-    setattr(music_generator, function, stop_then_call)
+    setattr(owner, attribute, stop_then_call)
 
 
 if __name__ == "__main__":
@@ -93,7 +98,8 @@ if __name__ == "__main__":
     elif kind == "write":
         while_writing(stop, where, half=how == "kill")
     elif kind == "call":
-        at_call(stop, where)
+        name, _, count = where.partition(":")
+        at_call(stop, name, int(count or 1))
     else:
         sys.exit(f"stop_at.py: no such moment: {sys.argv[1]!r}")
     code = music_generator.main(sys.argv[2:])

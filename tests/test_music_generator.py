@@ -46,9 +46,12 @@ def train(tmp_path, *extra, data=None, epochs=2):
     return code, runs[-1] if runs else None
 
 
-def run_cli(*args, fluidsynth=True, **kwargs):
-    """Run music_generator.py; ``fluidsynth=False`` hides FluidSynth from it, as on a machine without."""
-    env = {**os.environ, dl.HIDE_FLUIDSYNTH: "0" if fluidsynth else "1"}
+def run_cli(*args, fluidsynth=None, **kwargs):
+    """Run music_generator.py; ``fluidsynth=False`` hides FluidSynth from it, as on a machine
+    without, and True does not (None: as the environment says)."""
+    env = dict(os.environ)
+    if fluidsynth is not None:
+        env[dl.HIDE_FLUIDSYNTH] = "0" if fluidsynth else "1"
     command = [sys.executable, str(REPO / "music_generator.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **kwargs)
 
@@ -237,6 +240,7 @@ def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path):
     assert mg.main(["train", "--resume", str(run), "--epochs", "3"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert mg.main(["train", "--resume", str(run), "--epochs", "2"]) == 2  # done epochs stay done
     assert [session["from_epoch"] for session in state["sessions"]] == [0, 1]
     assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 9
     assert (run / "generated" / "npy" / "epoch003_song01.npy").is_file()

@@ -11,17 +11,19 @@ import signal
 import subprocess
 import sys
 import wave
+from pathlib import Path
 
 import keras
 import numpy as np
 import pretty_midi
 import pytest
 
+import data_loader as dl
 import music_generator as mg
 from test_data_loader import REPO
 from test_music_generator import SMALL, make_samples, run_cli, train
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and SIGINT between processes are POSIX's")
+posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and Python's SIGINT handling are POSIX's")
 
 EPOCHS = 2
 OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "0.001", *SMALL,
@@ -99,13 +101,16 @@ def assert_resumes_to_the_uninterrupted_run(run, uninterrupted):
 KILLS = [  # (when, epochs recorded when the kill comes)
     ("batch:1:2", 0),  # in the first epoch: nothing is recorded, and resuming starts it again
     ("batch:2:2", 1),  # in an epoch
-    ("write:epoch0002/encoder.keras", 1),  # while saving the models
+    ("write:epoch002/encoder.keras", 1),  # while saving the models
     ("write:wav/epoch002_song02.wav", 1),  # while writing an epoch's songs
+    ("call:RunFolder.use_models:1", 1),  # an epoch recorded, its models not yet in place
+    ("call:RunFolder.use_models:2", EPOCHS),  # the same after the last epoch
     ("write:midi/final_song02.mid", EPOCHS),  # while writing the final songs
     ("call:reconstruction_scores", EPOCHS),  # during the final evaluation
 ]
 
 
+@posix
 @pytest.mark.parametrize(("when", "recorded"), KILLS, ids=[when for when, _ in KILLS])
 def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(
     samples, uninterrupted, tmp_path, when, recorded
@@ -122,12 +127,13 @@ def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(
 CTRL_C = [  # (how@when, epochs recorded, what the message says to do)
     ("ctrl-c@batch:2:2", 1, "Continue with: python music_generator.py train --resume"),
     # Pressed while the last epoch is saved: the epoch is recorded, and the run stops before its final songs.
-    ("ctrl-c@write:epoch0002/vae.keras", EPOCHS, "write them with: python music_generator.py train --resume"),
-    ("ctrl-c-twice@write:epoch0002/vae.keras", 1, "Continue with: python music_generator.py train --resume"),
+    ("ctrl-c@write:epoch002/vae.keras", EPOCHS, "write them with: python music_generator.py train --resume"),
+    ("ctrl-c-twice@write:epoch002/vae.keras", 1, "Continue with: python music_generator.py train --resume"),
     ("ctrl-c@write:img/final_song01.png", EPOCHS, "write them with: python music_generator.py train --resume"),
 ]
 
 
+@posix
 @pytest.mark.parametrize(("moment", "recorded", "advice"), CTRL_C, ids=[moment for moment, _, _ in CTRL_C])
 def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_would_have_been(
     samples, uninterrupted, tmp_path, moment, recorded, advice
@@ -143,30 +149,59 @@ def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_woul
     assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
 
 
-def test_a_full_disk_before_the_first_epoch_ends_is_one_line_and_resuming_starts_the_run_again(
-    tmp_path, monkeypatch, capsys
-):
-    def full_disk(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "model/epoch0001/vae.keras")
+FULL_DISK = [  # (the file the disk fills on, epochs recorded by then)
+    ("model/epoch001/vae.keras", 0),  # before the first epoch ends: resuming starts the run again
+    ("generated/wav/epoch002_song01.wav", 1),
+]
 
-    monkeypatch.setattr(mg.RunFolder, "save_models", full_disk)
+
+def fill_the_disk_at(monkeypatch, where):
+    """Make the write of the file whose path ends in ``where`` fail halfway, as on a full disk."""
+    write_part = dl.write_part
+
+    def disk_fills(path, write, suffix=""):
+        if not str(path).endswith(where):
+            return write_part(path, write, suffix)
+
+        def half_then_full(part):
+            Path(part).write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        return write_part(path, half_then_full, suffix)
+
+    monkeypatch.setattr(dl, "write_part", disk_fills)
+
+
+@pytest.mark.parametrize(("where", "recorded"), FULL_DISK, ids=[where for where, _ in FULL_DISK])
+def test_a_full_disk_is_one_line_and_the_resumed_run_completes(tmp_path, monkeypatch, capsys, where, recorded):
+    fill_the_disk_at(monkeypatch, where)
     code, run = train(tmp_path, epochs=2)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
     assert error == (
-        "music_generator.py: error: No space left on device (model/epoch0001/vae.keras); "
+        f"music_generator.py: error: No space left on device ({run / where}); "
         f"when fixed, continue with: python music_generator.py train --resume {run}"
     )
     state = state_of(run)
-    assert (state["epochs_done"], state["status"]) == (0, "failed after epoch 0: OSError")
-    assert mg.main(["generate", "--run", str(run)]) == 2
-    assert "has no trained model: no epoch of it has completed" in capsys.readouterr().err
+    assert (state["epochs_done"], state["status"]) == (recorded, f"failed after epoch {recorded}: OSError")
+    assert not partial_files(run)
+    if not recorded:
+        assert mg.main(["generate", "--run", str(run)]) == 2
+        assert "has no trained model in place yet" in capsys.readouterr().err
 
     monkeypatch.undo()
     assert mg.main(["train", "--resume", str(run)]) == 0
-    assert "it starts again from epoch 1" in capsys.readouterr().err
+    assert ("it starts again from epoch 1" in capsys.readouterr().err) == (not recorded)
     state = state_of(run)
     assert state["status"] == "finished" and [row["epoch"] for row in state["history"]] == [1, 2]
+
+
+def test_a_disk_full_before_the_run_is_saved_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    fill_the_disk_at(monkeypatch, "state.json")
+    code, run = train(tmp_path)
+    assert code == 1 and run is None  # nothing to resume, nothing to mislead
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("music_generator.py: error: No space left on device")
 
 
 def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys):
