@@ -21,7 +21,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import data_loader  # noqa: E402
+from music_vae.audio import Synthesizer, wav_writer  # noqa: E402
+from music_vae.convert import convert_folder  # noqa: E402
+from music_vae.files import atomic_write  # noqa: E402
+from music_vae.samples import PITCHES, STEPS_PER_MEASURE, song_to_midi  # noqa: E402
 
 DEFAULT_DIR = REPO.parent / "shared" / "midi" / "vgmidi"
 BUDGET_S = 1.0
@@ -32,16 +35,16 @@ def render_seconds(synthesizer, songs, folder):
     seconds = []
     for number, song in enumerate(songs):
         started = time.perf_counter()
-        midi = data_loader.song_to_midi(song)
+        midi = song_to_midi(song)
         audio = synthesizer.render(midi, len(song) * 2.0)  # 4/4 at 120 bpm: 2 s a measure
-        data_loader.atomic_write(Path(folder) / f"{number}.wav", data_loader.wav_writer(audio, synthesizer.sample_rate))
+        atomic_write(Path(folder) / f"{number}.wav", wav_writer(audio, synthesizer.sample_rate))
         seconds.append(time.perf_counter() - started)
     return np.array(seconds)
 
 
 def denser(song):
     """Four onsets where ``song`` has one: the note and three steps after it."""
-    cells = song.reshape(len(song), data_loader.PITCHES, data_loader.STEPS_PER_MEASURE) != 0
+    cells = song.reshape(len(song), PITCHES, STEPS_PER_MEASURE) != 0
     dense = cells.copy()
     for shift in (3, 6, 9):
         dense[:, :, shift:] |= cells[:, :, :-shift]
@@ -50,21 +53,24 @@ def denser(song):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("midi_dir", nargs="?", type=Path, default=DEFAULT_DIR if DEFAULT_DIR.is_dir() else REPO / "examples" / "midi")
+    parser.add_argument(
+        "midi_dir", nargs="?", type=Path, default=DEFAULT_DIR if DEFAULT_DIR.is_dir() else REPO / "examples" / "midi"
+    )
     parser.add_argument("--songs", type=int, default=30)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        data_loader.convert_folder(args.midi_dir, Path(folder) / "samples", progress=False)
+        convert_folder(args.midi_dir, Path(folder) / "samples", progress=False)
         paths = sorted((Path(folder) / "samples").glob("*.npy"))
         songs = [np.load(path) for path in np.random.default_rng(0).permutation(paths)[: args.songs]]
-        synthesizers = [data_loader.Synthesizer(None)]
-        best = data_loader.Synthesizer.best()
+        synthesizers = [Synthesizer(None)]
+        best = Synthesizer.best()
         if best.fluidsynth:
             synthesizers.insert(0, best)
         else:
             print("FluidSynth is not installed: only the sine-wave synthesizer is timed")
-        print(f"{len(songs)} songs of {args.midi_dir}, {np.mean([np.count_nonzero(s) for s in songs]):.0f} notes on average")
+        notes = np.mean([np.count_nonzero(song) for song in songs])
+        print(f"{len(songs)} songs of {args.midi_dir}, {notes:.0f} notes on average")
         worst = 0.0
         for synthesizer in synthesizers:
             for label, chosen in (("as in the data", songs), ("4x the notes", [denser(song) for song in songs])):

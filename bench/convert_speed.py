@@ -22,7 +22,7 @@ from pathlib import Path
 import pretty_midi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_loader  # noqa: E402
+from music_vae.convert import convert_folder, find_midi_files  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "midi" / "vgmidi"
 
@@ -44,7 +44,7 @@ def convert(midi_dir, workers):
     """Seconds for a whole data_loader run, pool start-up and writing included."""
     with tempfile.TemporaryDirectory() as output_dir:
         started = time.perf_counter()
-        data_loader.convert_folder(midi_dir, output_dir, workers=workers, progress=False)
+        convert_folder(midi_dir, output_dir, workers=workers, progress=False)
         return time.perf_counter() - started
 
 
@@ -56,7 +56,7 @@ def main():
     if not args.midi_dir.is_dir():
         sys.exit(f"convert_speed.py: error: no MIDI folder at {args.midi_dir}")
 
-    paths = data_loader.find_midi_files(args.midi_dir)
+    paths = find_midi_files(args.midi_dir)
     cores = os.cpu_count() or 1
     best = {"parse": float("inf"), "one": float("inf"), "all": float("inf")}
     for _ in range(args.repeat):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import music_generator as mg  # noqa: E402
+from music_vae.callbacks import EpochEnd  # noqa: E402
 from train_speed import write_samples  # noqa: E402
 
 
@@ -30,24 +31,26 @@ def resident_bytes():
 def resident_per_epoch(epochs, samples, batch_size, extra=()):
     """Train a run of ``epochs`` epochs; return the resident bytes after each epoch."""
     resident = []
-    real_on_epoch_end = mg.EpochEnd.on_epoch_end
+    real_on_epoch_end = EpochEnd.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):  # after the run's own end-of-epoch work
         real_on_epoch_end(self, epoch, logs)
         resident.append(resident_bytes())
 
-    mg.EpochEnd.on_epoch_end = on_epoch_end
+    EpochEnd.on_epoch_end = on_epoch_end
     try:
         with tempfile.TemporaryDirectory() as folder:
             data = Path(folder, "samples")
             data.mkdir()
             write_samples(data, samples)
-            argv = ["train", "--data", str(data), "--output-dir", str(Path(folder, "runs")),
-                    "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", "0.0001", "--songs", "1", *extra]
+            argv = [
+                "train", "--data", str(data), "--output-dir", str(Path(folder, "runs")), "--epochs", str(epochs),
+                "--batch-size", str(batch_size), "--lr", "0.0001", "--songs", "1", *extra,
+            ]
             if mg.main(argv) != 0:
                 raise RuntimeError("training failed")
     finally:
-        mg.EpochEnd.on_epoch_end = real_on_epoch_end
+        EpochEnd.on_epoch_end = real_on_epoch_end
     return resident
 
 
@@ -70,7 +73,9 @@ def main():
     key = f"rss_growth_2_{args.epochs}"
     print(f"{key}: {growth(resident):+.2%}   target < 5%")
     if args.json:
-        args.json.write_text(json.dumps({key: growth(resident), "resident_mib": [r / 2**20 for r in resident]}, indent=2))
+        args.json.write_text(
+            json.dumps({key: growth(resident), "resident_mib": [r / 2**20 for r in resident]}, indent=2)
+        )
 
 
 if __name__ == "__main__":

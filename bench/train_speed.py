@@ -33,18 +33,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_loader  # noqa: E402
-import music_generator as mg  # noqa: E402
-from music_generator import keras, ops  # noqa: E402
+from music_vae.dataset import SongFiles  # noqa: E402
+from music_vae.model import (
+    FusedAdam, ModelConfig, keras, ops, PRECISIONS, build_vae, default_jit, dense_products, fastest, peak_flops,
+    training_flops_per_sample,
+)  # noqa: E402
+from music_vae.run_folder import environment  # noqa: E402
+from music_vae.samples import MEASURE_SIZE, MEASURES_PER_SAMPLE  # noqa: E402
 
-SHAPE = (data_loader.MEASURES_PER_SAMPLE, data_loader.MEASURE_SIZE)
+SHAPE = (MEASURES_PER_SAMPLE, MEASURE_SIZE)
 NOTES_PER_SAMPLE = 240
-TARGETS = {
-    "fp32_b64_vs_ceiling": 0.70,
-    "bf16_b64_vs_ceiling": 0.50,
-    "b1_vs_membound": 0.60,
-    "disk_vs_cache": 0.95,
-}
+TARGETS = {"fp32_b64_vs_ceiling": 0.70, "bf16_b64_vs_ceiling": 0.50, "b1_vs_membound": 0.60, "disk_vs_cache": 0.95}
 ADAM_BYTES_PER_PARAMETER = 40  # see the module docstring
 
 
@@ -63,12 +62,14 @@ def write_samples(folder, count, seed=0):
 def ceiling(vae, batch_size, dtype, seconds):
     """Samples/s if a training step were only its matrix products."""
     tensors = []
-    for number, (rows, inputs, outputs) in enumerate(mg.dense_products(vae)):
+    for number, (rows, inputs, outputs) in enumerate(dense_products(vae)):
         first = number == 0
         m = rows * batch_size
         # Transposed once here: in a compiled step the products read them in place.
         x, x_t = ops.ones((m, inputs), dtype), ops.ones((inputs, m), dtype)
-        w, w_t, dy = ops.ones((inputs, outputs), dtype), ops.ones((outputs, inputs), dtype), ops.ones((m, outputs), dtype)
+        w, w_t, dy = (
+            ops.ones((inputs, outputs), dtype), ops.ones((outputs, inputs), dtype), ops.ones((m, outputs), dtype),
+        )
         tensors.append((x, x_t, w, w_t, dy, first))
 
     def step():
@@ -80,14 +81,14 @@ def ceiling(vae, batch_size, dtype, seconds):
                 results.append(ops.matmul(dy, w_t))
         ops.convert_to_numpy(ops.cast(results[-1][0, 0], "float32"))  # wait for the last one
 
-    return batch_size / mg.fastest(step, seconds)
+    return batch_size / fastest(step, seconds)
 
 
 def copy_bandwidth(seconds):
     """Bytes read and written per second by a copy of 1 GiB, in memory already touched."""
     source = np.ones(2**28, np.float32)
     target = np.zeros_like(source)
-    return 2 * source.nbytes / mg.fastest(lambda: np.copyto(target, source), seconds)
+    return 2 * source.nbytes / fastest(lambda: np.copyto(target, source), seconds)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -112,39 +113,46 @@ class StepTimer(keras.callbacks.Callback):
 
 def fit_speed(vae, paths, batch_size, cache, seconds):
     """Training samples/s through Keras fit, with the data path music_generator uses."""
-    files = mg.SongFiles(paths, batch_size, SHAPE, shuffle=True, cache=cache)
+    files = SongFiles(paths, batch_size, SHAPE, shuffle=True, cache=cache)
     timer = StepTimer(warmup=2, seconds=seconds)
     vae.fit(files, epochs=1, callbacks=[timer], verbose=0)
     return batch_size / timer.seconds_per_step()
 
 
 def build(precision):
-    keras.mixed_precision.set_global_policy(mg.PRECISIONS[precision])
-    vae = mg.build_vae(16, mg.MEASURE_HIDDEN, mg.MEASURE_FEATURES, mg.SONG_HIDDEN, mg.LATENT, 1.0, "mse", NOTES_PER_SAMPLE / math.prod(SHAPE))
-    jit = mg.default_jit()
-    vae.compile(optimizer=mg.FusedAdam(learning_rate=1e-4, fuse=not jit), jit_compile=jit)
+    keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+    vae = build_vae(ModelConfig(), note_density=NOTES_PER_SAMPLE / math.prod(SHAPE))  # the paper's
+    jit = default_jit()
+    vae.compile(optimizer=FusedAdam(learning_rate=1e-4, fuse=not jit), jit_compile=jit)
     return vae, jit
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", default="1,64,256", help="comma-separated (default: %(default)s)")
-    parser.add_argument("--precisions", default="float32,bfloat16", help="comma-separated, of float32, bfloat16, float16 (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=15, help="time each figure for this long (default: %(default)s)")
+    parser.add_argument(
+        "--precisions", default="float32,bfloat16",
+        help="comma-separated, of float32, bfloat16, float16 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=15, help="time each figure for this long (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     precisions = args.precisions.split(",")
 
-    results = {"backend": keras.backend.backend(), "devices": mg.environment()["devices"], "cores": os.cpu_count(), "rows": []}
+    results = {
+        "backend": keras.backend.backend(), "devices": environment()["devices"], "cores": os.cpu_count(), "rows": [],
+    }
     bandwidth = copy_bandwidth(args.seconds / 5)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_samples(folder, max(512, 4 * max(batch_sizes)))
         for precision in precisions:
             vae, jit = build(precision)
             dtype = keras.mixed_precision.global_policy().compute_dtype
-            peak = mg.peak_flops(dtype, seconds=2)
-            flops = mg.training_flops_per_sample(vae)
+            peak = peak_flops(dtype, seconds=2)
+            flops = training_flops_per_sample(vae)
             for batch_size in batch_sizes:
                 row = {"precision": precision, "batch_size": batch_size, "jit": jit, "peak_gflop_per_s": peak / 1e9}
                 row["ceiling"] = ceiling(vae, batch_size, dtype, args.seconds / 3)
@@ -152,16 +160,17 @@ def main():
                 row["disk"] = fit_speed(vae, paths, batch_size, cache=False, seconds=args.seconds)
                 row["mfu_cache"] = row["cache"] * flops / peak
                 results["rows"].append(row)
-                print(f"  measured {precision} batch {batch_size}: {row['cache']:.1f} samples/s from cache, {row['disk']:.1f} from disk, ceiling {row['ceiling']:.1f}", flush=True)
+                print(
+                    f"  measured {precision} batch {batch_size}: {row['cache']:.1f} samples/s from cache, "
+                    f"{row['disk']:.1f} from disk, ceiling {row['ceiling']:.1f}",
+                    flush=True,
+                )
             parameters = vae.count_params()
 
     step_bytes = ADAM_BYTES_PER_PARAMETER * parameters
     results.update(
-        copy_gb_per_s=bandwidth / 1e9,
-        batch1_step_gb=step_bytes / 1e9,
-        b1_membound=bandwidth / step_bytes,
-        gflop_per_sample=flops / 1e9,
-        parameters=parameters,
+        copy_gb_per_s=bandwidth / 1e9, batch1_step_gb=step_bytes / 1e9, b1_membound=bandwidth / step_bytes,
+        gflop_per_sample=flops / 1e9, parameters=parameters,
     )
     rows = {(row["precision"], row["batch_size"]): row for row in results["rows"]}
     ratios = {}
@@ -174,15 +183,25 @@ def main():
         ratios["b1_vs_membound"] = rows["float32", 1]["cache"] / results["b1_membound"]
     results["ratios"] = ratios
 
-    print(f"\nbackend {results['backend']}, devices {results['devices']}, {results['cores']} cores; "
-          f"{parameters:,} parameters, {flops / 1e9:.2f} GFLOP a training sample")
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; a batch-1 float32 step moves {step_bytes / 1e9:.2f} GB: "
-          f"memory-bound limit {results['b1_membound']:.1f} samples/s\n")
-    print("| precision | batch | XLA | ceiling samples/s | fit from cache | fit from disk | cache / ceiling | MFU | peak GFLOP/s |")
+    print(
+        f"\nbackend {results['backend']}, devices {results['devices']}, {results['cores']} cores; "
+        f"{parameters:,} parameters, {flops / 1e9:.2f} GFLOP a training sample"
+    )
+    print(
+        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; a batch-1 float32 step moves {step_bytes / 1e9:.2f} GB: "
+        f"memory-bound limit {results['b1_membound']:.1f} samples/s\n"
+    )
+    print(
+        "| precision | batch | XLA | ceiling samples/s | fit from cache | fit from disk | cache / ceiling | MFU | "
+        "peak GFLOP/s |"
+    )
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in results["rows"]:
-        print(f"| {row['precision']} | {row['batch_size']} | {'yes' if row['jit'] else 'no'} | {row['ceiling']:.1f} | {row['cache']:.1f} | "
-              f"{row['disk']:.1f} | {row['cache'] / row['ceiling']:.2f} | {row['mfu_cache']:.2f} | {row['peak_gflop_per_s']:,.0f} |")
+        print(
+            f"| {row['precision']} | {row['batch_size']} | {'yes' if row['jit'] else 'no'} | {row['ceiling']:.1f} | "
+            f"{row['cache']:.1f} | {row['disk']:.1f} | {row['cache'] / row['ceiling']:.2f} | {row['mfu_cache']:.2f} | "
+            f"{row['peak_gflop_per_s']:,.0f} |"
+        )
     print()
     for key, value in ratios.items():
         print(f"{key:22} {value:5.2f}   target >= {TARGETS[key]:.2f}   {'met' if value >= TARGETS[key] else 'NOT MET'}")

@@ -28,9 +28,7 @@ def write_midi(path, notes, meters=(), drums=(), tracks=1, resolution=RESOLUTION
     """
     midi = pretty_midi.PrettyMIDI(resolution=resolution, initial_tempo=60 / SECONDS_PER_BEAT)
     for beat, numerator, denominator in meters:
-        midi.time_signature_changes.append(
-            pretty_midi.TimeSignature(numerator, denominator, beat * SECONDS_PER_BEAT)
-        )
+        midi.time_signature_changes.append(pretty_midi.TimeSignature(numerator, denominator, beat * SECONDS_PER_BEAT))
     pianos = [pretty_midi.Instrument(program=0) for _ in range(tracks)]
     for i, note in enumerate(notes):
         beat, pitch, length = note if len(note) == 3 else (*note, 0.25)
@@ -46,10 +44,7 @@ def write_midi(path, notes, meters=(), drums=(), tracks=1, resolution=RESOLUTION
 
 def _note(beat, pitch, length):
     return pretty_midi.Note(
-        velocity=90,
-        pitch=pitch,
-        start=beat * SECONDS_PER_BEAT,
-        end=(beat + length) * SECONDS_PER_BEAT,
+        velocity=90, pitch=pitch, start=beat * SECONDS_PER_BEAT, end=(beat + length) * SECONDS_PER_BEAT
     )
 
 

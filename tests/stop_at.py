@@ -9,10 +9,12 @@ HOW is ``kill``, ``ctrl-c`` or ``ctrl-c-twice`` (two presses at once). WHEN is
 - ``batch:E:B``: as training batch B of epoch E begins (both counted from 1);
 - ``write:NAME``: while the file whose path ends in NAME is written (a kill comes when
   its part file is half written);
-- ``call:NAME[:N]``: as ``music_generator.NAME`` (a function, or a method such as
-  ``RunFolder.use_models``) is called for the Nth time (default: the first).
+- ``call:NAME[:N]``: as ``music_vae.NAME`` (a function such as
+  ``evaluation.reconstruction_scores``, or a method such as ``run_folder.RunFolder.use_models``)
+  is called for the Nth time (default: the first).
 """
 
+import importlib
 import os
 import signal
 import sys
@@ -20,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data_loader  # noqa: E402
 import music_generator  # noqa: E402
-from music_generator import keras  # noqa: E402
+from music_vae import files  # noqa: E402
+from music_vae.model import keras  # noqa: E402
 
 
 def stopper(how):
@@ -58,7 +60,7 @@ def at_batch(stop, epoch, batch):
 
 
 def while_writing(stop, name, half=False):
-    write_part = data_loader.write_part
+    write_part = files.write_part
 
     def write_and_stop(path, write, suffix=""):
         if not str(path).endswith(name):
@@ -72,12 +74,14 @@ def while_writing(stop, name, half=False):
 
         return write_part(path, write_then_stop, suffix)
 
-    data_loader.write_part = write_and_stop
+    files.write_part = write_and_stop
 
 
 def at_call(stop, name, count=1):
-    owner_name, _, attribute = name.rpartition(".")
-    owner = getattr(music_generator, owner_name) if owner_name else music_generator
+    module, *owners, attribute = name.split(".")
+    owner = importlib.import_module(f"music_vae.{module}")
+    for part in owners:
+        owner = getattr(owner, part)
     called, calls = getattr(owner, attribute), []
 
     def stop_then_call(*args, **kwargs):

@@ -14,26 +14,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data_loader as dl
-import music_generator as mg
-import music_metrics as mm
+from music_vae import music_metrics as mm
+from music_vae.audio import (
+    AUDIO_PEAK, AUDIO_SAMPLE_RATE, AUDIO_TAIL_S, HIDE_FLUIDSYNTH, SOUNDFONTS, Synthesizer, has_fluidsynth, wav_writer,
+)
+from music_vae.dataset import read_data
+from music_vae.evaluation import evaluation_table, finite
+from music_vae.files import UsageError, atomic_write
+from music_vae.run_page import song_groups
+from music_vae.samples import (
+    DEFAULT_BPM, LOWEST_PITCH, MEASURE_SIZE, PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_to_midi,
+)
 from test_data_loader import REPO
 from test_music_generator import make_samples, run_cli, tensorboard_events, train
 
-SONG_SECONDS = 16 * 4 * 60 / dl.DEFAULT_BPM  # 32 s: 16 measures of 4/4 at 120 bpm
+SONG_SECONDS = 16 * 4 * 60 / DEFAULT_BPM  # 32 s: 16 measures of 4/4 at 120 bpm
 SCREENSHOTS = REPO / "tests" / "screenshots"
 
 
 def melody(measures=16, notes_in=range(16)):
     """A song with a C major arpeggio on every beat of the measures in ``notes_in``."""
-    song = np.zeros((measures, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
+    song = np.zeros((measures, PITCHES, STEPS_PER_MEASURE), np.uint8)
     for measure in notes_in:
         for beat, pitch in enumerate((60, 64, 67, 72)):
-            song[measure, pitch - dl.LOWEST_PITCH, beat * 24] = 1
-    return song.reshape(measures, dl.MEASURE_SIZE)
+            song[measure, pitch - LOWEST_PITCH, beat * 24] = 1
+    return song.reshape(measures, MEASURE_SIZE)
 
 
-def rms(audio, start_s, end_s, rate=dl.AUDIO_SAMPLE_RATE):
+def rms(audio, start_s, end_s, rate=AUDIO_SAMPLE_RATE):
     return float(np.sqrt(np.mean(np.square(audio[int(start_s * rate) : int(end_s * rate)]))))
 
 
@@ -42,37 +50,37 @@ def rms(audio, start_s, end_s, rate=dl.AUDIO_SAMPLE_RATE):
 
 def synthesizers():
     """The sine-wave synthesizer, and FluidSynth where it is installed."""
-    soundfont = next((path for path in dl.SOUNDFONTS if Path(path).is_file()), None)
+    soundfont = next((path for path in SOUNDFONTS if Path(path).is_file()), None)
     reason = "FluidSynth is not installed (Debian: apt install fluidsynth fluid-soundfont-gm; pip install pyfluidsynth)"
-    fluidsynth = pytest.param(soundfont, id="fluidsynth", marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason=reason))
+    fluidsynth = pytest.param(soundfont, id="fluidsynth", marks=pytest.mark.skipif(not has_fluidsynth(), reason=reason))
     return [pytest.param(None, id="sine"), fluidsynth]
 
 
 @pytest.mark.parametrize("soundfont", synthesizers())
 def test_a_song_sounds_where_it_has_notes_and_lasts_its_measures(soundfont):
-    synthesizer = dl.Synthesizer(soundfont)
-    midi = dl.song_to_midi(melody(notes_in=range(8)))  # the second half is silent
+    synthesizer = Synthesizer(soundfont)
+    midi = song_to_midi(melody(notes_in=range(8)))  # the second half is silent
     audio = synthesizer.render(midi, SONG_SECONDS)
     assert audio.dtype == np.float32
-    assert len(audio) == round((SONG_SECONDS + dl.AUDIO_TAIL_S) * dl.AUDIO_SAMPLE_RATE)
-    assert np.abs(audio).max() == pytest.approx(dl.AUDIO_PEAK)
+    assert len(audio) == round((SONG_SECONDS + AUDIO_TAIL_S) * AUDIO_SAMPLE_RATE)
+    assert np.abs(audio).max() == pytest.approx(AUDIO_PEAK)
     assert rms(audio, 1, 15) > 0.02  # measures 1-8 play
     assert rms(audio, 18, 32) < rms(audio, 1, 15) / 100  # measures 10-16 are silent
     # Nothing of that song rings on into the next, whose first half is silent.
-    second_half = synthesizer.render(dl.song_to_midi(melody(notes_in=range(8, 16))), SONG_SECONDS)
-    assert not second_half[: 15 * dl.AUDIO_SAMPLE_RATE].any() and rms(second_half, 17, 31) > 0.02
+    second_half = synthesizer.render(song_to_midi(melody(notes_in=range(8, 16))), SONG_SECONDS)
+    assert not second_half[: 15 * AUDIO_SAMPLE_RATE].any() and rms(second_half, 17, 31) > 0.02
 
 
 @pytest.mark.parametrize("soundfont", synthesizers())
 def test_a_silent_song_is_silence_of_its_length(soundfont):
-    audio = dl.Synthesizer(soundfont).render(dl.song_to_midi(np.zeros((16, dl.MEASURE_SIZE))), SONG_SECONDS)
-    assert len(audio) == round((SONG_SECONDS + dl.AUDIO_TAIL_S) * dl.AUDIO_SAMPLE_RATE)
+    audio = Synthesizer(soundfont).render(song_to_midi(np.zeros((16, MEASURE_SIZE))), SONG_SECONDS)
+    assert len(audio) == round((SONG_SECONDS + AUDIO_TAIL_S) * AUDIO_SAMPLE_RATE)
     assert not audio.any()
 
 
 def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_installed():
-    synthesizer = dl.Synthesizer.best()
-    if dl.has_fluidsynth():
+    synthesizer = Synthesizer.best()
+    if has_fluidsynth():
         assert synthesizer.fluidsynth and Path(synthesizer.soundfont).is_file()
         assert str(synthesizer).startswith("FluidSynth with ")
     else:
@@ -82,10 +90,10 @@ def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_
 def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_training_says_so(
     tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setenv(dl.HIDE_FLUIDSYNTH, "1")
-    assert not dl.has_fluidsynth() and dl.Synthesizer.best().fluidsynth is None
-    with pytest.raises(dl.UsageError, match="needs FluidSynth"):
-        dl.Synthesizer(dl.SOUNDFONTS[-1])
+    monkeypatch.setenv(HIDE_FLUIDSYNTH, "1")
+    assert not has_fluidsynth() and Synthesizer.best().fluidsynth is None
+    with pytest.raises(UsageError, match="needs FluidSynth"):
+        Synthesizer(SOUNDFONTS[-1])
     code, run = train(tmp_path, "--songs", "1", epochs=1)
     assert code == 0
     assert "note: the songs' WAV files are rendered with pretty_midi's sine waves" in capsys.readouterr().err
@@ -96,17 +104,23 @@ def test_importing_the_modules_prints_nothing_even_under_ci():
     # pyfluidsynth announces its library on stdout when $CI is set, which broke scripts
     # (and a test) that read what our commands print.
     env = {**os.environ, "CI": "true"}
-    code = "import data_loader, music_generator, fluidsynth" if dl.has_fluidsynth() else "import data_loader, music_generator"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    code = (
+        "import data_loader, music_generator, fluidsynth" if has_fluidsynth() else "import data_loader, music_generator"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == ""
 
 
 def test_wav_files_are_16_bit_mono_pcm_of_the_audio(tmp_path):
-    audio = np.sin(np.linspace(0, 2 * np.pi * 440, dl.AUDIO_SAMPLE_RATE, dtype=np.float32)) * 0.5
-    dl.atomic_write(tmp_path / "a.wav", dl.wav_writer(audio))
+    audio = np.sin(np.linspace(0, 2 * np.pi * 440, AUDIO_SAMPLE_RATE, dtype=np.float32)) * 0.5
+    atomic_write(tmp_path / "a.wav", wav_writer(audio))
     with wave.open(str(tmp_path / "a.wav")) as file:
-        assert (file.getnchannels(), file.getsampwidth(), file.getframerate(), file.getnframes()) == (1, 2, dl.AUDIO_SAMPLE_RATE, len(audio))
+        assert (file.getnchannels(), file.getsampwidth(), file.getframerate(), file.getnframes()) == (
+            1, 2, AUDIO_SAMPLE_RATE, len(audio),
+        )
         pcm = np.frombuffer(file.readframes(len(audio)), "<i2")
     assert np.allclose(pcm / 32767, audio, atol=1 / 32767)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.wav"]
@@ -114,23 +128,23 @@ def test_wav_files_are_16_bit_mono_pcm_of_the_audio(tmp_path):
 
 def test_a_soundfont_that_is_not_one_is_a_usage_error(tmp_path):
     (tmp_path / "fake.sf2").write_bytes(b"RIFF not a soundfont")
-    with pytest.raises(dl.UsageError, match="not a SoundFont|needs FluidSynth"):
-        dl.Synthesizer(tmp_path / "fake.sf2")
+    with pytest.raises(UsageError, match="not a SoundFont|needs FluidSynth"):
+        Synthesizer(tmp_path / "fake.sf2")
 
 
 def test_midi_to_song_reads_back_what_song_to_midi_wrote_silent_measures_included():
     song = melody(notes_in=[0, 3, 7])  # measures 8-16 silent: the MIDI file ends at measure 8
-    assert np.array_equal(dl.midi_to_song(_midi_bytes(song)), song)
-    assert not dl.midi_to_song(_midi_bytes(np.zeros((16, dl.MEASURE_SIZE)))).any()
-    with pytest.raises(dl.SkipFile, match="not a MIDI file"):
-        dl.midi_to_song(b"random bytes")
+    assert np.array_equal(midi_to_song(_midi_bytes(song)), song)
+    assert not midi_to_song(_midi_bytes(np.zeros((16, MEASURE_SIZE)))).any()
+    with pytest.raises(SkipFile, match="not a MIDI file"):
+        midi_to_song(b"random bytes")
 
 
 def _midi_bytes(song):
     import io
 
     buffer = io.BytesIO()
-    dl.song_to_midi(song).write(buffer)
+    song_to_midi(song).write(buffer)
     return buffer.getvalue()
 
 
@@ -138,10 +152,10 @@ def _midi_bytes(song):
 
 
 def test_features_of_a_song_built_by_hand():
-    song = np.zeros((16, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
+    song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
     for measure in range(8):  # measures 9-16 stay empty
         for step in (0, 3):  # 0 is on the 16th-note grid (6 steps), 3 is not
-            song[measure, [60 - dl.LOWEST_PITCH, 67 - dl.LOWEST_PITCH], step] = 1  # C and G together
+            song[measure, [60 - LOWEST_PITCH, 67 - LOWEST_PITCH], step] = 1  # C and G together
     features = mm.song_features(song.reshape(16, -1))
     assert features["notes_per_measure"] == 32 / 16
     assert features["empty_measures"] == 8
@@ -174,17 +188,17 @@ def test_a_dataset_against_itself_overlaps_fully_and_far_apart_values_do_not():
 
 def test_a_silent_song_is_reported_and_left_out_of_the_features_it_has_none_of():
     real = make_real_songs(20)
-    results = mm.compare({"loud": real[0], "silent": np.zeros((16, dl.MEASURE_SIZE), np.uint8)}, real)
+    results = mm.compare({"loud": real[0], "silent": np.zeros((16, MEASURE_SIZE), np.uint8)}, real)
     assert results["silent_songs"] == ["silent"]
     silent = results["songs"]["silent"]
     assert silent["notes_per_measure"] == 0 and silent["empty_measures"] == 16
     assert math.isnan(silent["pitch_range"]) and math.isnan(silent["polyphony"])
     assert results["features"]["pitch_range"]["generated_mean"] == results["songs"]["loud"]["pitch_range"]
     assert results["in_range"]["of"] == 2 and results["in_range"]["songs"] <= 1
-    assert "silent songs" in mg.evaluation_table(_finished(results)) and "silent" in mg.evaluation_table(_finished(results))
-    saved = mg.finite({key: value for key, value in _finished(results).items() if key != "data_features"})
+    assert "silent songs" in evaluation_table(_finished(results)) and "silent" in evaluation_table(_finished(results))
+    saved = finite({key: value for key, value in _finished(results).items() if key != "data_features"})
     assert json.loads(json.dumps(saved, allow_nan=False))["songs"]["silent"]["pitch_range"] is None  # JSON has no NaN
-    assert "silent" in mg.evaluation_table(saved)
+    assert "silent" in evaluation_table(saved)
 
 
 def test_onset_scores_and_active_units():
@@ -203,8 +217,8 @@ def make_real_songs(count, seed=0):
     rng = np.random.default_rng(seed)
     songs = []
     for _ in range(count):
-        song = np.zeros((16, dl.PITCHES, dl.STEPS_PER_MEASURE), np.uint8)
-        cells = rng.integers(0, [16, dl.PITCHES, dl.STEPS_PER_MEASURE], size=(int(rng.integers(50, 300)), 3))
+        song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+        cells = rng.integers(0, [16, PITCHES, STEPS_PER_MEASURE], size=(int(rng.integers(50, 300)), 3))
         song[cells[:, 0], cells[:, 1], cells[:, 2]] = 1
         songs.append(song.reshape(16, -1))
     return songs
@@ -212,7 +226,10 @@ def make_real_songs(count, seed=0):
 
 def _finished(results):
     """``results`` of compare() as evaluate_songs completes them."""
-    return {**results, "latent": {"active_units": 0, "of": 4, "kl_per_song": 0, "kl_per_dimension": [0] * 4}, "reconstruction": None, "compared": {"data_samples": 20}}
+    return {
+        **results, "latent": {"active_units": 0, "of": 4, "kl_per_song": 0, "kl_per_dimension": [0] * 4},
+        "reconstruction": None, "compared": {"data_samples": 20},
+    }
 
 
 # --- a run: its audio, page, TensorBoard and evaluation ----------------------------------------
@@ -235,15 +252,20 @@ def test_the_page_lists_final_songs_then_epochs_newest_first_past_epoch_999(tmp_
     (tmp_path / "img").mkdir()
     for name in ("epoch999_song01", "epoch1000_song01", "epoch002_song01", "final_song01", "sample_song01"):
         (tmp_path / "img" / f"{name}.png").touch()
-    assert [heading for heading, _ in mg.song_groups(tmp_path)] == ["Final songs", "Songs from generate", "Epoch 1000", "Epoch 999", "Epoch 2"]
+    assert [heading for heading, _ in song_groups(tmp_path)] == [
+        "Final songs", "Songs from generate", "Epoch 1000", "Epoch 999", "Epoch 2",
+    ]
 
 
 def test_every_song_has_a_wav_file_of_its_length(run):
-    assert song_names(run) == ["epoch001_song01", "epoch001_song02", "epoch002_song01", "epoch002_song02", "final_song01", "final_song02", "final_song03"]
+    assert song_names(run) == [
+        "epoch001_song01", "epoch001_song02", "epoch002_song01", "epoch002_song02", "final_song01", "final_song02",
+        "final_song03",
+    ]
     for name in song_names(run):
         with wave.open(str(run / "generated" / "wav" / f"{name}.wav")) as file:
             seconds = file.getnframes() / file.getframerate()
-            assert seconds >= SONG_SECONDS + dl.AUDIO_TAIL_S and seconds < SONG_SECONDS + 3, name
+            assert seconds >= SONG_SECONDS + AUDIO_TAIL_S and seconds < SONG_SECONDS + 3, name
             assert np.abs(np.frombuffer(file.readframes(file.getnframes()), "<i2")).max() > 1000, name  # not silent
     info = next(run.glob("*_info.txt")).read_text()
     assert re.search(r"audio\s+(FluidSynth with |pretty_midi's sine waves)", info)
@@ -261,6 +283,14 @@ def test_the_run_page_links_every_song_with_relative_links_to_files_that_exist(r
     headings = re.findall(r"<h2>([^<]+)</h2>", page)
     assert headings == ["Losses", "Evaluation", "Final songs", "Epoch 2", "Epoch 1"]  # newest epoch first
     assert page.count("<audio") == 7 and "losses.png" in links and "evaluation.png" in links
+    # The loss picture on top; the table of every epoch folded away, not between a listener and the songs.
+    losses = page[page.index("<h2>Losses</h2>") : page.index("<h2>Evaluation</h2>")]
+    assert (
+        losses.index('src="losses.png"')
+        < losses.index("<details>")
+        < losses.index("<td>2</td>")
+        < losses.index("</details>")
+    )
 
 
 def find_chromium():
@@ -275,12 +305,17 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium: install it (Debian: apt install chromium); .ci/run does")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt"
+    )
     copy = shutil.copytree(run, tmp_path / "copied run")  # a space: links must be quoted
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium,
-            args=["--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto((copy / "index.html").as_uri())
@@ -302,7 +337,8 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
                 })));
                 return {
                     lazy: document.querySelectorAll('img[loading="lazy"]').length,
-                    images: [...document.images].map(image => [image.getAttribute("src"), image.complete && image.naturalWidth > 0]),
+                    images: [...document.images].map(
+                        image => [image.getAttribute("src"), image.complete && image.naturalWidth > 0]),
                     audio: audios.map(audio => [audio.getAttribute("src"), audio.duration]),
                 };
             }"""
@@ -314,7 +350,7 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
     assert found["lazy"] == 7  # a 100-epoch run page need not load its 300 pictures at once
     assert len(found["audio"]) == 7
     for source, duration in found["audio"]:
-        assert SONG_SECONDS + dl.AUDIO_TAIL_S - 0.01 <= duration < SONG_SECONDS + 3, (source, duration)
+        assert SONG_SECONDS + AUDIO_TAIL_S - 0.01 <= duration < SONG_SECONDS + 3, (source, duration)
     assert (SCREENSHOTS / "run_page.png").stat().st_size > 10_000
 
 
@@ -342,7 +378,9 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
     assert 0 <= results["mean_overlap"] <= 1 and 0 <= results["diversity"] <= 1
     latent = results["latent"]
     assert latent["of"] == 4 and 0 <= latent["active_units"] <= 4
-    assert latent["kl_per_song"] == pytest.approx(sum(latent["kl_per_dimension"]), abs=1e-3) and latent["kl_per_song"] > 0
+    assert (
+        latent["kl_per_song"] == pytest.approx(sum(latent["kl_per_dimension"]), abs=1e-3) and latent["kl_per_song"] > 0
+    )
     scores = results["reconstruction"]
     assert scores["samples"] == 1 and scores["true_notes"] == np.count_nonzero(np.load(_validation_sample(run)))
     assert scores["predicted_notes"] == round(json.loads((run / "state.json").read_text())["data"]["mean_notes"])
@@ -353,11 +391,18 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
 
 def _validation_sample(run):
     state = json.loads((run / "state.json").read_text())
-    paths, _ = mg.find_samples(state["data"]["folder"], (16, dl.MEASURE_SIZE))
-    return mg.split_samples(paths, state["parameters"]["validation_split"], state["parameters"]["seed"], state["data"]["folder"])[1][0]
+    return read_data(
+        state["data"]["folder"], state["parameters"]["validation_split"], state["parameters"]["seed"]
+    ).validation[0]
+
+
+def own_copy(run, tmp_path):
+    """A copy of the shared run, for a test that changes it: the others see it as trained."""
+    return shutil.copytree(run, tmp_path / "run")
 
 
 def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
+    run = own_copy(run, tmp_path)
     validation = make_samples(tmp_path / "held_out", 3, seed=7)
     result = run_cli("evaluate", "--run", run, "--songs", "epoch001_*", "--validation", validation, "--samples", "5")
     assert result.returncode == 0, result.stderr
@@ -368,7 +413,8 @@ def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
     assert "Evaluation" in (run / "index.html").read_text()
 
 
-def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run):
+def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, tmp_path):
+    run = own_copy(run, tmp_path)
     result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "3", "--no-audio")
     assert result.returncode == 0, result.stderr
     assert not list((run / "generated" / "wav").glob("sample_*"))
@@ -382,10 +428,8 @@ def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run):
     [
         (["--songs", "nothing_*.mid"], "no songs match 'nothing_\\*.mid'"),
         (["--data", "{tmp}/missing"], "data folder .* does not exist"),
-        (["--samples", "0"], "argument --samples: must be"),
-        (["--songs", ""], "is not a pattern of MIDI files"),
-        (["--songs", "."], "is not a pattern of MIDI files"),
-        (["--validation", "{tmp}"], "no .npy samples in"),
+        (["--samples", "0"], "argument --samples: must be"), (["--songs", ""], "is not a pattern of MIDI files"),
+        (["--songs", "."], "is not a pattern of MIDI files"), (["--validation", "{tmp}"], "no .npy samples in"),
     ],
 )
 def test_evaluate_mistakes_get_one_line_and_exit_code_2(run, tmp_path, args, message):

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,6 +16,11 @@ from tensorboard.util import tensor_util
 
 import data_loader as dl
 import music_generator as mg
+from music_vae import callbacks
+from music_vae.audio import HIDE_FLUIDSYNTH, has_fluidsynth
+from music_vae.dataset import SongFiles, split_samples
+from music_vae.model import VAE, ModelConfig, build_encoder, build_vae, precision, training_flops_per_sample
+from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_latents, save_song, strongest_cells, write_songs
 from test_data_loader import REPO, VGMIDI, needs_vgmidi
 
 # Small sizes keep the tests fast; the default sizes are checked on the model alone.
@@ -40,7 +44,10 @@ def make_samples(folder, count, seed=0):
 
 def train(tmp_path, *extra, data=None, epochs=2):
     data = data or make_samples(tmp_path / "samples", 12)
-    argv = ["train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.001", *SMALL, *extra]
+    argv = [
+        "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", str(epochs), "--batch-size",
+        "4", "--lr", "0.001", *SMALL, *extra,
+    ]
     code = mg.main(argv)
     runs = sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
     return code, runs[-1] if runs else None
@@ -51,7 +58,7 @@ def run_cli(*args, fluidsynth=None, **kwargs):
     without, and True does not (None: as the environment says)."""
     env = dict(os.environ)
     if fluidsynth is not None:
-        env[dl.HIDE_FLUIDSYNTH] = "0" if fluidsynth else "1"
+        env[HIDE_FLUIDSYNTH] = "0" if fluidsynth else "1"
     command = [sys.executable, str(REPO / "music_generator.py"), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **kwargs)
 
@@ -61,9 +68,8 @@ def run_cli(*args, fluidsynth=None, **kwargs):
 FLUIDSYNTH = [
     pytest.param(True, id="fluidsynth"),
     pytest.param(
-        False,
-        id="no-fluidsynth",
-        marks=pytest.mark.skipif(not dl.has_fluidsynth(), reason="no FluidSynth: the other case runs without it"),
+        False, id="no-fluidsynth",
+        marks=pytest.mark.skipif(not has_fluidsynth(), reason="no FluidSynth: the other case runs without it"),
     ),
 ]
 
@@ -72,7 +78,7 @@ FLUIDSYNTH = [
 
 
 def test_default_model_has_the_papers_shapes_and_48_500_056_parameters():
-    vae = mg.build_vae(16, mg.MEASURE_HIDDEN, mg.MEASURE_FEATURES, mg.SONG_HIDDEN, mg.LATENT, 1.0, "mse")
+    vae = build_vae(ModelConfig())  # the paper's
     assert vae.count_params() == 48_500_056
     shapes = {layer.name: tuple(layer.output.shape) for layer in vae.encoder.layers + vae.decoder.layers}
     assert vae.encoder.input.shape == (None, 16, 9216)
@@ -82,19 +88,21 @@ def test_default_model_has_the_papers_shapes_and_48_500_056_parameters():
     assert shapes["z_mean"] == shapes["z_log_var"] == shapes["z"] == (None, 120)
     assert [tuple(output.shape) for output in vae.decoder.outputs] == [(None, 16, 9216)]
     decoder_shapes = [tuple(layer.output.shape) for layer in vae.decoder.layers]
-    assert decoder_shapes == [(None, 120), (None, 1600), (None, 3200), (None, 16, 200), (None, 16, 2000), (None, 16, 9216), (None, 16, 9216)]
+    assert decoder_shapes == [
+        (None, 120), (None, 1600), (None, 3200), (None, 16, 200), (None, 16, 2000), (None, 16, 9216), (None, 16, 9216),
+    ]
     assert [layer.name for layer in vae.decoder.layers[-2:]] == ["song_logits", "song"]  # Dense, then sigmoid
-    products = 2 * (16 * 2000 * 200 + 3200 * 1600 + 2 * 1600 * 120 + 120 * 1600 + 1600 * 3200 + 16 * 200 * 2000 + 16 * 2000 * 9216)
+    products = 2 * (
+        16 * 2000 * 200 + 3200 * 1600 + 2 * 1600 * 120 + 120 * 1600 + 1600 * 3200 + 16 * 200 * 2000 + 16 * 2000 * 9216
+    )
     first_layer = 2 * 16 * 9216 * 2000  # forward and weight gradient only: the songs need no gradient
-    assert mg.training_flops_per_sample(vae) == 3 * products + 2 * first_layer == 3_090_816_000
+    assert training_flops_per_sample(vae) == 3 * products + 2 * first_layer == 3_090_816_000
 
 
 def test_mixed_precision_computes_in_bfloat16_with_float32_weights_and_outputs():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        vae = mg.build_vae(16, 32, 4, 16, 4, 1.0, "mse")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    with precision("bfloat16"):
+        vae = build_vae(ModelConfig(measure_hidden=32, measure_features=4, song_hidden=16, latent=4))
+    assert keras.mixed_precision.global_policy().name == "float32"  # put back
     assert vae.decoder.get_layer("song_logits").compute_dtype == "bfloat16"
     assert vae.encoder.get_layer("measure_hidden").compute_dtype == "bfloat16"
     assert all(weight.dtype == "float32" for weight in vae.weights)
@@ -106,7 +114,7 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_weights_and_outputs()
 
 
 def test_measure_layers_equal_time_distributed_dense():
-    encoder = mg.build_encoder(measure_hidden=7, measure_features=3, song_hidden=5, latent=2)
+    encoder = build_encoder(ModelConfig(measure_hidden=7, measure_features=3, song_hidden=5, latent=2))
     dense = encoder.get_layer("measure_hidden")
     reference = keras.layers.TimeDistributed(keras.layers.Dense(7, activation="relu"))
     reference.build((None, 16, 9216))
@@ -123,42 +131,55 @@ def test_loss_is_summed_squared_error_plus_summed_kl_averaged_over_the_batch():
     reconstruction = ((songs - reconstructed) ** 2).sum(axis=(1, 2)).mean()
     kl = (-0.5 * (1 + z_log_var - z_mean**2 - np.exp(z_log_var)).sum(axis=1)).mean()
     for kl_weight in (1.0, 0.25):
-        vae = mg.build_vae(16, 8, 2, 4, 120, kl_weight, "mse")
+        vae = build_vae(ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, kl_weight=kl_weight))
         loss = vae.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))
         assert float(loss) == pytest.approx(reconstruction + kl_weight * kl, rel=1e-5)
         assert float(vae.reconstruction_tracker.result()) == pytest.approx(reconstruction, rel=1e-5)
         assert float(vae.kl_tracker.result()) == pytest.approx(kl, rel=1e-5)
-    bce = mg.build_vae(16, 8, 2, 4, 120, 1.0, "bce")
+    bce = build_vae(ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, reconstruction="bce"))
     expected = -(songs * np.log(reconstructed) + (1 - songs) * np.log(1 - reconstructed)).sum(axis=(1, 2)).mean()
-    assert float(bce.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))) == pytest.approx(expected + kl, rel=1e-4)
+    assert float(bce.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))) == pytest.approx(
+        expected + kl, rel=1e-4
+    )
 
 
 def test_strongest_cells_keeps_exactly_that_many_notes_even_where_values_tie(tmp_path):
     song = np.zeros((16, 9216), np.float32)
     song[0, :5] = [0.9, 0.8, 0.7, 0.2, 0.1]
-    kept, threshold = mg.strongest_cells(song, 3)
+    kept, threshold = strongest_cells(song, 3)
     assert threshold == pytest.approx(0.7) and np.count_nonzero(kept) == 3 and kept[0, 0] == pytest.approx(0.9)
     tied = np.full((16, 9216), 0.25, np.float32)  # a bfloat16 decoder gives thousands of equal values
-    kept, threshold = mg.strongest_cells(tied, 240)
+    kept, threshold = strongest_cells(tied, 240)
     assert np.count_nonzero(kept >= threshold) == 240
-    assert mg.save_song(tied, tmp_path, "tied", threshold, 120, 16, notes_of=kept).notes == 240
-    silent, threshold = mg.strongest_cells(np.zeros((16, 9216)), 100)
-    assert threshold == mg.MIN_THRESHOLD and not (silent >= threshold).any()
+    style = SongStyle(NoteRule(None, 240), bpm=120, lowest_pitch=16)
+    assert save_song(tied, tmp_path, "tied", threshold, style, notes_of=kept).notes == 240
+    silent, threshold = strongest_cells(np.zeros((16, 9216)), 100)
+    assert threshold == MIN_THRESHOLD and not (silent >= threshold).any()
 
 
 # --- a run ---------------------------------------------------------------------------------
 
 
 def test_a_short_run_writes_the_whole_run_folder(tmp_path):
-    code, run = train(tmp_path, "--run-name", "RUN01", "--run-info", "why this run: a test", "--songs", "4", "--log-every", "1")
+    code, run = train(
+        tmp_path, "--run-name", "RUN01", "--run-info", "why this run: a test", "--songs", "4", "--log-every", "1"
+    )
     assert code == 0
     assert re.fullmatch(r"\d{14}_RUN01", run.name)
     info = (run / f"{run.name}_info.txt").read_text()
-    for expected in ["why this run: a test", "--lr                     0.001", "--batch-size             4", "samples                  12: 11 for training, 1 for validation", "parameters               ", "python", "keras", "tensorflow", "devices", "Session:", "Status:   finished, 2 of 2 epochs done"]:
+    for expected in [
+        "why this run: a test", "--lr                     0.001", "--batch-size             4",
+        "samples                  12: 11 for training, 1 for validation", "parameters               ", "python",
+        "keras", "tensorflow", "devices", "Session:", "Status:   finished, 2 of 2 epochs done",
+    ]:
         assert expected in info, expected
-    assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(r"^\s+2\s+[\d.]+", info, re.MULTILINE)
+    assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(
+        r"^\s+2\s+[\d.]+", info, re.MULTILINE
+    )
     assert sorted(p.name for p in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "vae.keras"]
-    names = [f"epoch{e:03d}_song{s:02d}" for e in (1, 2) for s in (1, 2, 3)] + [f"final_song{s:02d}" for s in range(1, 5)]
+    names = [f"epoch{e:03d}_song{s:02d}" for e in (1, 2) for s in (1, 2, 3)] + [
+        f"final_song{s:02d}" for s in range(1, 5)
+    ]
     for kind, suffix in (("npy", ".npy"), ("midi", ".mid"), ("img", ".png"), ("wav", ".wav")):
         assert sorted(p.name for p in (run / "generated" / kind).iterdir()) == sorted(n + suffix for n in names)
     song = np.load(run / "generated" / "npy" / "final_song01.npy")
@@ -202,7 +223,8 @@ def test_the_vae_overfits_a_tiny_dataset():
         songs[number, :, 20 + number, 0] = 1
     songs = songs.reshape(4, 16, 9216)
     keras.utils.set_random_seed(0)
-    vae = mg.build_vae(16, 128, 16, 64, 8, 1.0, "bce", note_density=songs.mean())
+    config = ModelConfig(measure_hidden=128, measure_features=16, song_hidden=64, latent=8, reconstruction="bce")
+    vae = build_vae(config, note_density=songs.mean())
     vae.compile(optimizer=keras.optimizers.Adam(0.01))
     history = vae.fit(songs, batch_size=4, epochs=600, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0]
@@ -217,38 +239,50 @@ def test_the_vae_overfits_a_tiny_dataset():
 def test_saved_models_reload_in_safe_mode_and_decode_the_same_song(tmp_path):
     code, run = train(tmp_path, epochs=1)
     assert code == 0
-    z = mg.fixed_latents(2, 4, seed=5)
+    z = fixed_latents(2, 4, seed=5)
     decoder = keras.saving.load_model(run / "model" / "decoder.keras", safe_mode=True)
     vae = keras.saving.load_model(run / "model" / "vae.keras", safe_mode=True)
-    assert isinstance(vae, mg.VAE) and vae.optimizer.iterations.numpy() == 3
+    assert isinstance(vae, VAE) and vae.optimizer.iterations.numpy() == 3
     np.testing.assert_allclose(decoder.predict(z, verbose=0), vae.decoder.predict(z, verbose=0), rtol=1e-6)
     # generate: the same seed gives the same songs, in the run or another folder
     assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "5"]) == 0
     first = np.load(run / "generated" / "npy" / "sample_song02.npy")
     np.testing.assert_allclose(first, decoder.predict(z, verbose=0)[1], rtol=1e-6)
-    assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "5", "--output-dir", str(tmp_path / "more")]) == 0
+    assert (
+        mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "5", "--output-dir", str(tmp_path / "more")])
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "more" / "npy" / "sample_song02.npy"), first)
     for kind, suffix in (("midi", ".mid"), ("img", ".png")):
         assert (tmp_path / "more" / kind / f"sample_song01{suffix}").is_file()
 
 
-def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path):
+def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path, capsys):
     code, run = train(tmp_path, epochs=1)
     state = json.loads((run / "state.json").read_text())
     assert (code, state["epochs_done"], state["status"]) == (0, 1, "finished")
     assert mg.main(["train", "--resume", str(run)]) == 2  # all its epochs are done
-    assert mg.main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    capsys.readouterr()
+    # What may change (how long, how fast) does, and what would make another run does not; both are said.
+    assert mg.main(["train", "--resume", str(run), "--epochs", "3", "--batch-size", "2", "--lr", "0.5"]) == 0
+    notes = capsys.readouterr().err
+    assert "note: --batch-size 2 from now on (the run had 4)" in notes
+    assert "note: --lr 0.5 is ignored: the run keeps 0.001" in notes
     state = json.loads((run / "state.json").read_text())
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert (state["parameters"]["batch_size"], state["parameters"]["lr"], state["parameters"]["epochs"]) == (
+        2, 0.001, 3,
+    )
     assert mg.main(["train", "--resume", str(run), "--epochs", "2"]) == 2  # done epochs stay done
     assert [session["from_epoch"] for session in state["sessions"]] == [0, 1]
-    assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 9
+    # 11 training samples: 3 batches of 4 in epoch 1, then 6 of 2 in epochs 2 and 3
+    assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 3 + 6 + 6
     assert (run / "generated" / "npy" / "epoch003_song01.npy").is_file()
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path, monkeypatch, capsys):
     data = make_samples(tmp_path / "samples", 8)
-    real_write_songs = mg.write_songs
+    real_write_songs = write_songs
 
     def write_songs_then_diverge(decoder, *args, **kwargs):
         written = real_write_songs(decoder, *args, **kwargs)
@@ -256,7 +290,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
         bias.assign(np.full(bias.shape, np.nan, np.float32))
         return written
 
-    monkeypatch.setattr(mg, "write_songs", write_songs_then_diverge)
+    monkeypatch.setattr(callbacks, "write_songs", write_songs_then_diverge)
     code, run = train(tmp_path, data=data, epochs=3)
     assert code == 1
     assert "training stopped: the loss became nan in epoch 2" in capsys.readouterr().err
@@ -278,12 +312,13 @@ def test_malformed_samples_are_reported_and_skipped(tmp_path, capsys):
     err = capsys.readouterr().err
     for name in ("wrong_shape.npy", "objects.npy", "text.npy", "truncated.npy"):
         assert name in err
+    assert f"note: {data} has no settings.json (data_loader.py writes one)" in err  # said, not silently assumed
     assert "malformed, skipped       4" in (run / f"{run.name}_info.txt").read_text()
 
 
 def test_a_file_that_breaks_during_training_is_replaced_by_silence(tmp_path, capsys):
     data = make_samples(tmp_path / "samples", 3)
-    files = mg.SongFiles(sorted(data.glob("*.npy")), batch_size=3, shape=(16, 9216))
+    files = SongFiles(sorted(data.glob("*.npy")), batch_size=3, shape=(16, 9216))
     (data / "song001.npy").write_text("gone bad")
     batch = files[0]
     assert batch.shape == (3, 16, 9216) and batch.dtype == np.uint8
@@ -294,13 +329,14 @@ def test_a_file_that_breaks_during_training_is_replaced_by_silence(tmp_path, cap
 def test_dataset_reshuffles_every_epoch_and_repeats_for_the_same_seed(tmp_path):
     data = make_samples(tmp_path / "samples", 10)
     paths = sorted(data.glob("*.npy"))
-    files = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3)
+    files = SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3)
     first = files.order.copy()
     files.on_epoch_end()  # Keras calls it at times of its own: it must not change the order
     np.testing.assert_array_equal(first, files.order)
     files.start_epoch(1)
     assert not np.array_equal(first, files.order)
-    again = mg.SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3, epoch=1)
+    again = SongFiles(paths, batch_size=4, shape=(16, 9216), shuffle=True, seed=3)
+    again.start_epoch(1)
     np.testing.assert_array_equal(again.order, files.order)
     assert len(files) == 3 and files[2].shape == (2, 16, 9216)
 
@@ -310,8 +346,8 @@ def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(
     epochs: Keras 3.3's thread calls PyDataset.on_epoch_end by itself once a step takes
     over 0.1 s, so counting those calls mixed two orders in one epoch."""
     now, reads = {}, []
-    callbacks, read = keras.callbacks.CallbackList, mg.SongFiles.__getitem__
-    begin_epoch, end_batch = callbacks.on_epoch_begin, callbacks.on_train_batch_end
+    callback_list, read = keras.callbacks.CallbackList, SongFiles.__getitem__
+    begin_epoch, end_batch = callback_list.on_epoch_begin, callback_list.on_train_batch_end
 
     def epoch_begins(self, epoch, logs=None):
         now["epoch"] = epoch
@@ -326,9 +362,9 @@ def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(
             reads.append((now["epoch"], self.epoch))
         return read(self, index)
 
-    monkeypatch.setattr(callbacks, "on_epoch_begin", epoch_begins)
-    monkeypatch.setattr(callbacks, "on_train_batch_end", slow_batch_ends)
-    monkeypatch.setattr(mg.SongFiles, "__getitem__", recorded_read)
+    monkeypatch.setattr(callback_list, "on_epoch_begin", epoch_begins)
+    monkeypatch.setattr(callback_list, "on_train_batch_end", slow_batch_ends)
+    monkeypatch.setattr(SongFiles, "__getitem__", recorded_read)
     code, _ = train(tmp_path, "--songs-per-epoch", "0", "--songs", "0", "--no-audio", epochs=3)
     assert code == 0
     assert {epoch for epoch, _ in reads} == {0, 1, 2}
@@ -342,7 +378,7 @@ def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
         index.write("sample,source,first_measure,n_notes\n")
         for number, path in enumerate(paths):
             index.write(f"{path.name},song{number // 3}.mid,{16 * (number % 3)},1\n")
-    training, validation = mg.split_samples(paths, 0.25, seed=0, data_dir=data)
+    training, validation = split_samples(paths, 0.25, seed=0, data_dir=data)
     assert len(validation) == 3 and len(training) == 9
     assert len({int(path.stem[4:]) // 3 for path in validation}) == 1  # the three samples of one song
 
@@ -353,14 +389,12 @@ def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing", "data folder .* does not exist"),
-        ("empty", "no .npy samples in"),
+        ("missing", "data folder .* does not exist"), ("empty", "no .npy samples in"),
         ("wrong", "none of the 2 .npy files .* is a sample: .* shape \\(16, 100\\)"),
-        ("not_a_run", "is not a run folder"),
-        ("unwritable", "cannot create the run folder"),
-        ("bad_name", "run name 'a b' may hold only"),
-        ("bad_flag", "argument --lr: must be more than 0"),
+        ("not_a_run", "is not a run folder"), ("unwritable", "cannot create the run folder"),
+        ("bad_name", "run name 'a b' may hold only"), ("bad_flag", "argument --lr: must be more than 0"),
         ("no_data", "pass --data SAMPLES_DIR"),
+        ("bad_settings", "settings.json does not hold the settings of data_loader.py"),
     ],
 )
 @pytest.mark.parametrize("fluidsynth", FLUIDSYNTH)
@@ -371,16 +405,16 @@ def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message, flu
         np.save(tmp_path / "wrong" / f"{name}.npy", np.zeros((16, 100)))
     (tmp_path / "file").write_text("a file")
     samples = make_samples(tmp_path / "samples", 2)
+    (make_samples(tmp_path / "bad_settings", 2) / "settings.json").write_text('{"lowest_pitch": "sixteen"}')
     args = {
-        "missing": ["train", "--data", tmp_path / "missing"],
-        "empty": ["train", "--data", tmp_path / "empty"],
-        "wrong": ["train", "--data", tmp_path / "wrong"],
-        "not_a_run": ["generate", "--run", tmp_path / "empty"],
+        "missing": ["train", "--data", tmp_path / "missing"], "empty": ["train", "--data", tmp_path / "empty"],
+        "wrong": ["train", "--data", tmp_path / "wrong"], "not_a_run": ["generate", "--run", tmp_path / "empty"],
         "unwritable": ["train", "--data", samples, "--output-dir", tmp_path / "file" / "runs"],
         "bad_name": ["train", "--data", samples, "--run-name", "a b"],
-        "bad_flag": ["train", "--data", samples, "--lr", "-1"],
-        "no_data": ["train"],
+        "bad_flag": ["train", "--data", samples, "--lr", "-1"], "no_data": ["train"],
+        "bad_settings": ["train", "--data", tmp_path / "bad_settings"],
     }[case]
+
     def everything():  # what lies in the test's folder and in the default output folder
         return {*tmp_path.rglob("*"), *(REPO / "runs").glob("*")}
 
@@ -405,12 +439,18 @@ def test_from_real_midi_files_to_generated_midi_files(tmp_path):
     code, run = train(tmp_path, data=tmp_path / "samples", epochs=1)
     assert code == 0
     for number in range(1, 11):
-        notes = pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / f"final_song{number:02d}.mid")).instruments[0].notes
+        notes = (
+            pretty_midi.PrettyMIDI(str(run / "generated" / "midi" / f"final_song{number:02d}.mid")).instruments[0].notes
+        )
         assert len(notes) > 50
     # The evaluation at the end judged them against the real samples.
     results = json.loads((run / "evaluation.json").read_text())
-    assert len(results["songs"]) == 10 and results["compared"]["data_samples"] == len(list((tmp_path / "samples").glob("*.npy")))
+    assert len(results["songs"]) == 10 and results["compared"]["data_samples"] == len(
+        list((tmp_path / "samples").glob("*.npy"))
+    )
     assert results["silent_songs"] == [] and 0 < results["mean_overlap"] <= 1
     assert 0.5 < results["data_diversity"] <= 1  # real songs differ from one another
     real = results["features"]
-    assert 1 < real["notes_per_measure"]["data_mean"] < 100 and 0 < real["pitch_class_entropy"]["data_mean"] <= np.log2(12)
+    assert 1 < real["notes_per_measure"]["data_mean"] < 100 and 0 < real["pitch_class_entropy"]["data_mean"] <= np.log2(
+        12
+    )

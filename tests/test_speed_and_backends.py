@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 
 import music_generator as mg
+from music_vae.dataset import SongFiles
+from music_vae.model import FusedAdam, ModelConfig, build_vae, peak_flops
+from music_vae.songs import fixed_latents
 from test_data_loader import REPO
 from test_music_generator import SMALL, make_samples, tensorboard_events, train
 
 sys.path.insert(0, str(REPO / "bench"))
 from memory import growth, resident_per_epoch  # noqa: E402
 
-tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="FusedAdam fuses on TensorFlow only")
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="FusedAdam fuses on TensorFlow only"
+)
 
 
 @tensorflow_only
@@ -27,41 +32,41 @@ def test_fused_adam_updates_the_weights_as_keras_adam_does():
     weights = [rng.normal(size=shape).astype("float32") for shape in ((300, 7), (7,), (4, 4))]
     grads = [[rng.normal(size=w.shape).astype("float32") for w in weights] for _ in range(3)]
     results = []
-    for optimizer in (keras.optimizers.Adam(0.01), mg.FusedAdam(0.01, fuse=True)):
+    for optimizer in (keras.optimizers.Adam(0.01), FusedAdam(0.01, fuse=True)):
         variables = [keras.Variable(w) for w in weights]
         for step in grads:
             optimizer.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
         results.append([np.asarray(v) for v in variables])
-    assert mg.FusedAdam(0.01, fuse=True).get_config()["fuse"] is True
+    assert FusedAdam(0.01, fuse=True).get_config()["fuse"] is True
     for keras_adam, fused in zip(*results):
         np.testing.assert_allclose(fused, keras_adam, rtol=1e-5, atol=1e-7)
 
 
 def test_cached_batches_are_packed_and_unpack_to_the_batches_read_from_disk(tmp_path):
     paths = sorted(make_samples(tmp_path / "samples", 10).glob("*.npy"))
-    disk = mg.SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1)
-    cache = mg.SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1, cache=True)
+    disk = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1)
+    cache = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1, cache=True)
     assert cache.packed.nbytes == 10 * 16 * 9216 // 8  # 18 KB a sample
-    vae = mg.build_vae(16, 8, 2, 4, 3, 1.0, "mse")
+    vae = build_vae(ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3))
     for index in range(len(disk)):
         assert cache[index].shape[-1] == 1152 and cache[index].dtype == np.uint8
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(vae.unpacked(cache[index])), disk[index])
 
 
 @pytest.mark.parametrize(
-    "options",
-    [["--precision", "bfloat16", "--cache"], ["--precision", "float16"], ["--jit"], ["--no-jit", "--cache"]],
+    "options", [["--precision", "bfloat16", "--cache"], ["--precision", "float16"], ["--jit"], ["--no-jit", "--cache"]],
     ids=["bfloat16-cache", "float16", "jit", "no-jit-cache"],
 )
 def test_every_speed_option_trains_and_its_model_reloads(tmp_path, options):
     code, run = train(tmp_path, *options, "--songs", "1", epochs=1)
     assert code == 0
+    assert keras.mixed_precision.global_policy().name == "float32"  # the run's precision was its own
     state = json.loads((run / "state.json").read_text())
     assert state["parameters"]["precision"] == (options[1] if options[0] == "--precision" else "float32")
     assert state["speed"]["cache"] == ("--cache" in options)
     assert state["speed"]["jit"] == ("--jit" in options)
     decoder = keras.saving.load_model(run / "model" / "decoder.keras")
-    song = decoder.predict(mg.fixed_latents(1, 4, 0), verbose=0)
+    song = decoder.predict(fixed_latents(1, 4, 0), verbose=0)
     assert song.dtype == np.float32 and np.isfinite(song).all()
     assert mg.main(["generate", "--run", str(run), "--songs", "1", "--seed", "1"]) == 0
 
@@ -69,7 +74,8 @@ def test_every_speed_option_trains_and_its_model_reloads(tmp_path, options):
 def test_progress_and_tensorboard_show_samples_per_second_and_mfu(tmp_path, capsys):
     code, run = train(tmp_path, "--log-every", "1", "--songs", "1", epochs=2)
     assert code == 0
-    assert "samples_per_s: " in capsys.readouterr().out and "mfu: " in capsys.readouterr().out + "mfu: "
+    progress = capsys.readouterr().out
+    assert "samples_per_s: " in progress and "mfu: " in progress
     history = json.loads((run / "state.json").read_text())["history"]
     assert all(row["samples_per_s"] > 0 and 0 < row["mfu"] < 1 for row in history)
     events = tensorboard_events(run / "logs" / "train")
@@ -78,7 +84,7 @@ def test_progress_and_tensorboard_show_samples_per_second_and_mfu(tmp_path, caps
 
 
 def test_peak_flops_is_a_plausible_measure():
-    peak = mg.peak_flops("float32", seconds=0.1)
+    peak = peak_flops("float32", seconds=0.1)
     assert 1e9 < peak < 1e16
 
 
@@ -101,14 +107,20 @@ def test_training_generation_and_loading_work_on_every_backend(tmp_path, backend
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
-    out = run("music_generator.py", "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", "2",
-              "--batch-size", "4", "--lr", "0.001", "--cache", "--precision", "bfloat16", *SMALL, "--songs", "2")
+    out = run(
+        "music_generator.py", "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", "2",
+        "--batch-size", "4", "--lr", "0.001", "--cache", "--precision", "bfloat16", *SMALL, "--songs", "2",
+    )
     assert "Done:" in out
     folder = next((tmp_path / "runs").iterdir())
     assert f"(backend {backend})" in (folder / f"{folder.name}_info.txt").read_text()
     assert (folder / "generated" / "midi" / "final_song02.mid").is_file()
     run("music_generator.py", "train", "--resume", str(folder), "--epochs", "3")
     run("music_generator.py", "generate", "--run", str(folder), "--songs", "1", "--seed", "4")
-    loaded = run("-c", f"import keras, music_generator; v = keras.saving.load_model({str(folder / 'model' / 'vae.keras')!r}, safe_mode=True); "
-                       "print(type(v).__name__, v.optimizer.iterations.numpy())")
+    vae = folder / "model" / "vae.keras"
+    loaded = run(
+        "-c",
+        f"import keras, music_generator; v = keras.saving.load_model({str(vae)!r}, safe_mode=True); "
+        "print(type(v).__name__, v.optimizer.iterations.numpy())",
+    )
     assert loaded.split() == ["VAE", "6"]  # 2 batches a epoch, 3 epochs

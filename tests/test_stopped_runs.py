@@ -18,16 +18,18 @@ import numpy as np
 import pretty_midi
 import pytest
 
-import data_loader as dl
 import music_generator as mg
+from music_vae import files
+from music_vae.run_folder import RunFolder
 from test_data_loader import REPO
 from test_music_generator import SMALL, make_samples, run_cli, train
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and Python's SIGINT handling are POSIX's")
 
 EPOCHS = 2
-OPTIONS = ["--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "0.001", *SMALL,
-           "--songs-per-epoch", "2", "--songs", "2"]
+OPTIONS = [
+    "--epochs", str(EPOCHS), "--batch-size", "4", "--lr", "0.001", *SMALL, "--songs-per-epoch", "2", "--songs", "2",
+]
 BATCHES = 3  # 11 training samples of the 12, in batches of 4
 SONGS = [f"epoch{epoch:03d}_song{song:02d}" for epoch in range(1, EPOCHS + 1) for song in (1, 2)]
 SONGS += ["final_song01", "final_song02"]
@@ -103,10 +105,10 @@ KILLS = [  # (when, epochs recorded when the kill comes)
     ("batch:2:2", 1),  # in an epoch
     ("write:epoch002/encoder.keras", 1),  # while saving the models
     ("write:wav/epoch002_song02.wav", 1),  # while writing an epoch's songs
-    ("call:RunFolder.use_models:1", 1),  # an epoch recorded, its models not yet in place
-    ("call:RunFolder.use_models:2", EPOCHS),  # the same after the last epoch
+    ("call:run_folder.RunFolder.use_models:1", 1),  # an epoch recorded, its models not yet in place
+    ("call:run_folder.RunFolder.use_models:2", EPOCHS),  # the same after the last epoch
     ("write:midi/final_song02.mid", EPOCHS),  # while writing the final songs
-    ("call:reconstruction_scores", EPOCHS),  # during the final evaluation
+    ("call:evaluation.reconstruction_scores", EPOCHS),  # during the final evaluation
 ]
 
 
@@ -157,7 +159,7 @@ FULL_DISK = [  # (the file the disk fills on, epochs recorded by then)
 
 def fill_the_disk_at(monkeypatch, where):
     """Make the write of the file whose path ends in ``where`` fail halfway, as on a full disk."""
-    write_part = dl.write_part
+    write_part = files.write_part
 
     def disk_fills(path, write, suffix=""):
         if not str(path).endswith(where):
@@ -169,7 +171,7 @@ def fill_the_disk_at(monkeypatch, where):
 
         return write_part(path, half_then_full, suffix)
 
-    monkeypatch.setattr(dl, "write_part", disk_fills)
+    monkeypatch.setattr(files, "write_part", disk_fills)
 
 
 @pytest.mark.parametrize(("where", "recorded"), FULL_DISK, ids=[where for where, _ in FULL_DISK])
@@ -209,7 +211,7 @@ def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys
     assert code == 0
     before = (run / "state.json").read_bytes()
     (run / "generated" / "img" / "epoch002_song01.png").write_bytes(b"as if a training of epoch 2 were writing it")
-    with mg.RunFolder(run).training():  # as the process training it does
+    with RunFolder(run).training():  # as the process training it does
         assert mg.main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     assert "is being trained by another process" in capsys.readouterr().err
     assert (run / "state.json").read_bytes() == before

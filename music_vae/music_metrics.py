@@ -2,9 +2,9 @@
 same music in all measures"), how alike the songs are ("songs sounded very similar"),
 and how far their features lie from those of the training data.
 
-Songs are onset arrays as data_loader makes them: (measures, 9216), cell ``pitch * 96 +
-step`` non-zero where a note starts. Everything here is numpy; music_generator's
-``evaluate`` command puts it together with the model.
+Songs are onset arrays in the sample format (music_vae/samples.py): (measures, 9216), cell
+``pitch * 96 + step`` non-zero where a note starts. Everything here is numpy;
+music_vae/evaluation.py puts it together with the model.
 
 The distance between the generated and the real songs is the overlapping area of Yang and
 Lerch, "On the evaluation of generative models in music" (Neural Computing and
@@ -16,17 +16,16 @@ where they share nothing.
 
 import numpy as np
 
-import data_loader
+from music_vae.samples import LOWEST_PITCH, MEASURES_PER_SAMPLE, PITCHES, STEPS_PER_MEASURE
 
-SIXTEENTH_STEPS = data_loader.STEPS_PER_MEASURE // 16  # 6 steps: one sixteenth note in 4/4
+SIXTEENTH_STEPS = STEPS_PER_MEASURE // 16  # 6 steps: one sixteenth note in 4/4
 REPEAT_JACCARD = 0.8  # two measures whose onsets overlap this much count as a repeat
 ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is above this carries information
 DIVERSITY_SONGS = 200  # real songs compared pair by pair: 20,000 pairs, 120 MB of cells
 
 # The per-song features: name -> (label with its unit, short column heading).
 FEATURES = {
-    "notes_per_measure": ("notes per measure", "notes/m"),
-    "empty_measures": ("empty measures", "empty"),
+    "notes_per_measure": ("notes per measure", "notes/m"), "empty_measures": ("empty measures", "empty"),
     "pitch_range": ("pitch range (semitones)", "range"),
     "pitch_class_entropy": ("pitch-class entropy (bits)", "entropy"),
     "polyphony": ("polyphony (onsets per onset step)", "poly"),
@@ -38,7 +37,7 @@ FEATURES = {
 def onset_cells(song):
     """``song`` as a (measures, pitches, steps) bool array of onsets."""
     song = np.asarray(song)
-    return (song != 0).reshape(len(song), data_loader.PITCHES, data_loader.STEPS_PER_MEASURE)
+    return (song != 0).reshape(len(song), PITCHES, STEPS_PER_MEASURE)
 
 
 def jaccard_matrix(rows):
@@ -51,7 +50,7 @@ def jaccard_matrix(rows):
     return np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
 
 
-def song_features(song, lowest_pitch=data_loader.LOWEST_PITCH):
+def song_features(song, lowest_pitch=LOWEST_PITCH):
     """The FEATURES of one song, as a dict of floats.
 
     Parameters
@@ -77,15 +76,13 @@ def song_features(song, lowest_pitch=data_loader.LOWEST_PITCH):
         "notes_per_measure": len(rows) / measures,
         "empty_measures": float(measures - np.count_nonzero(cells.any(axis=(1, 2)))),
         "repeated_measures": float(np.mean(pairs >= REPEAT_JACCARD)) if len(pairs) else float("nan"),
-        "pitch_range": float("nan"),
-        "pitch_class_entropy": float("nan"),
-        "polyphony": float("nan"),
+        "pitch_range": float("nan"), "pitch_class_entropy": float("nan"), "polyphony": float("nan"),
         "sixteenth_grid": float("nan"),
     }
     if len(rows):
         classes = np.bincount((rows + lowest_pitch) % 12, minlength=12) / len(rows)
         classes = classes[classes > 0]
-        onset_steps = np.unique(measure_index * data_loader.STEPS_PER_MEASURE + steps)
+        onset_steps = np.unique(measure_index * STEPS_PER_MEASURE + steps)
         features.update(
             pitch_range=float(rows.max() - rows.min()),
             pitch_class_entropy=float(-(classes * np.log2(classes)).sum() + 0.0),  # + 0.0: no -0.0
@@ -166,9 +163,7 @@ def scores_of_counts(correct, true_notes, predicted_notes):
         "precision": correct / predicted_notes if predicted_notes else None,
         "recall": correct / true_notes if true_notes else None,
         "f1": 2 * correct / (true_notes + predicted_notes) if true_notes + predicted_notes else None,
-        "true_notes": true_notes,
-        "predicted_notes": predicted_notes,
-        "correct_notes": correct,
+        "true_notes": true_notes, "predicted_notes": predicted_notes, "correct_notes": correct,
     }
 
 
@@ -190,7 +185,7 @@ def kl_per_dimension(z_mean, z_log_var):
     return np.mean(0.5 * (np.square(z_mean) + np.exp(z_log_var) - 1 - z_log_var), axis=0)
 
 
-def compare(generated, real, lowest_pitch=data_loader.LOWEST_PITCH):
+def compare(generated, real, lowest_pitch=LOWEST_PITCH):
     """Judge generated songs against real ones.
 
     Parameters
@@ -218,14 +213,11 @@ def compare(generated, real, lowest_pitch=data_loader.LOWEST_PITCH):
         ours = np.array([values[feature] for values in songs.values()], np.float64)
         theirs = np.array([values[feature] for values in data], np.float64)
         features[feature] = {
-            "generated_mean": _finite_mean(ours),
-            "generated_sd": _finite_sd(ours),
-            "data_mean": _finite_mean(theirs),
-            "data_sd": _finite_sd(theirs),
-            "overlap": overlapping_area(ours, theirs),
+            "generated_mean": _finite_mean(ours), "generated_sd": _finite_sd(ours), "data_mean": _finite_mean(theirs),
+            "data_sd": _finite_sd(theirs), "overlap": overlapping_area(ours, theirs),
         }
     overlaps = [values["overlap"] for values in features.values() if values["overlap"] is not None]
-    measures = len(next(iter(generated.values()))) if generated else data_loader.MEASURES_PER_SAMPLE
+    measures = len(next(iter(generated.values()))) if generated else MEASURES_PER_SAMPLE
     low, high = np.percentile([values["notes_per_measure"] * measures for values in data], [10, 90]) if data else (0, 0)
     note_counts = [values["notes_per_measure"] * measures for values in songs.values()]
     return {
@@ -234,8 +226,7 @@ def compare(generated, real, lowest_pitch=data_loader.LOWEST_PITCH):
         "diversity": diversity(list(generated.values())),
         "data_diversity": diversity(real),
         "in_range": {
-            "songs": int(sum(low <= count <= high for count in note_counts)),
-            "of": len(note_counts),
+            "songs": int(sum(low <= count <= high for count in note_counts)), "of": len(note_counts),
             "data_notes_10_90": [float(low), float(high)],
         },
         "features": features,

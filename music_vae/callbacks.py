@@ -1,0 +1,224 @@
+"""What happens during ``fit``, epoch by epoch: speed, the record of each completed epoch
+(models, songs, state, page), Ctrl-C, and TensorBoard."""
+
+import gc
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from music_vae.audio import AUDIO_SAMPLE_RATE
+from music_vae.evaluation import evaluation_scalars
+from music_vae.files import quiet_stderr
+from music_vae.model import keras, ops
+from music_vae.run_page import write_run_page
+from music_vae.songs import write_songs
+
+
+class Speedometer(keras.callbacks.Callback):
+    """Adds ``samples_per_s`` and ``mfu`` to the logs, so that the progress bar,
+    TensorBoard and the info file show them.
+
+    MFU, the model FLOPs utilisation, is the share of the machine's measured peak
+    matrix-product speed that training achieves, as nanoGPT reports it. The first step of
+    a run (which compiles) is not timed.
+    """
+
+    def __init__(self, samples, batch_size, flops_per_sample, peak):
+        super().__init__()
+        self.samples = samples
+        self.batch_size = batch_size
+        self.flops_per_sample = flops_per_sample
+        self.peak = peak
+        self.last = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.timed_samples, self.timed_seconds = 0, 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.timed_samples += min(self.batch_size, self.samples - batch * self.batch_size)
+            self.timed_seconds += now - self.last
+        self.last = now
+        if logs is not None and self.timed_seconds:
+            logs.update(self.speed())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0 and self.last is not None:  # not the validation and saving between epochs
+            self.last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.timed_seconds:
+            logs.update(self.speed())
+
+    def speed(self):
+        samples_per_s = self.timed_samples / self.timed_seconds
+        return {"samples_per_s": samples_per_s, "mfu": samples_per_s * self.flops_per_sample / self.peak}
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """After every epoch: stop on a non-finite loss (keeping the last good model), else
+    save the models, write the songs of the fixed latent vectors, and record the epoch in
+    the run state. A kill before the record leaves the run as it was after the previous
+    epoch (see RunFolder.recover); one after it, the epoch complete."""
+
+    def __init__(self, run, state, latents, style, tensorboard):
+        super().__init__()
+        self.run = run
+        self.state = state
+        self.latents = latents
+        self.style = style  # a SongStyle
+        self.tensorboard = tensorboard  # a TensorBoardLog, or None
+        self.stopped = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        losses = {name: float(value) for name, value in (logs or {}).items()}
+        if not all(math.isfinite(value) for value in losses.values()):
+            self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
+            self.model.stop_training = True
+            return
+        self.run.save_models(self.model, epoch + 1)
+        prefix = f"epoch{epoch + 1:03d}"
+        written = write_songs(self.model.decoder, self.latents, self.run.generated, prefix, self.style)
+        row = {"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started}
+        # One call, which a second Ctrl-C cannot split: the history and the count agree.
+        self.state.update(history=[*self.state["history"], row], epochs_done=epoch + 1)
+        self.run.save(self.state)
+        self.run.use_models(epoch + 1)
+        if self.tensorboard:
+            self.tensorboard.songs(written, epoch + 1)
+        write_run_page(self.run, self.state)
+        # Every picture leaves megabytes in matplotlib's reference cycles, which Python's
+        # collector frees only now and then: memory would climb for epochs, then drop.
+        # Freeing them now keeps it flat (160 ms on a 2-core machine).
+        gc.collect()
+        print(
+            f"epoch {epoch + 1}: model saved; songs with " + ", ".join(str(song.notes) for song in written) + " notes"
+        )
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C during ``fit`` stops training before the next training batch, by raising
+    KeyboardInterrupt there: an epoch whose batches are done is still validated and
+    recorded, and no file is being written. A second Ctrl-C raises it at once. (Python's
+    own KeyboardInterrupt lands anywhere: in a save, or inside TensorFlow.) Use as a
+    context manager around ``fit``, and as one of its callbacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+            self.previous = signal.signal(signal.SIGINT, self.press)
+        return self
+
+    def __exit__(self, *exception):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def press(self, signal_number, frame):
+        """The SIGINT handler: the first press asks to stop, the second stops."""
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        print("\nCtrl-C: stopping before the next batch (press it again to stop at once)", file=sys.stderr)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+class TensorBoardLog(keras.callbacks.Callback):
+    """TensorBoard event files in ``logs/``: the losses per epoch (``train/`` and
+    ``validation/``, tags ``epoch_loss``, ``epoch_reconstruction``, ``epoch_kl``), with
+    ``epoch_samples_per_s``, ``epoch_mfu`` and ``epoch_learning_rate`` in ``train/``;
+    the same every ``every`` batches (``batch_*``); the pictures and the sound of the
+    epoch songs (``songs/``); the evaluation at the end (``evaluation/``).
+
+    Keras' own TensorBoard callback drops the epoch losses whenever the batches of an
+    epoch are not a multiple of its ``update_freq`` (tensorflow/tensorboard#4975).
+    """
+
+    def __init__(self, log_dir, every, first_batch=0):
+        super().__init__()
+        import tensorflow as tf
+
+        self.summary = tf.summary
+        self.writers = {
+            name: tf.summary.create_file_writer(str(Path(log_dir) / name)) for name in ("train", "validation", "songs")
+        }
+        self.log_dir = Path(log_dir)
+        self.every = every
+        self.batch = first_batch
+
+    @staticmethod
+    def create(log_dir, every, first_batch=0):
+        """The logger, or None (with a note) where TensorFlow or TensorBoard is missing:
+        the event files are written through tf.summary, whatever Keras' backend."""
+        try:
+            with quiet_stderr():
+                import tensorboard  # noqa: F401
+                import tensorflow  # noqa: F401
+        except ImportError:
+            print("note: no TensorBoard logs: they need the tensorflow and tensorboard packages", file=sys.stderr)
+            return None
+        return TensorBoardLog(log_dir, every, first_batch)
+
+    def _scalars(self, writer, prefix, logs, step):
+        with self.writers[writer].as_default():
+            for name, value in logs.items():
+                self.summary.scalar(f"{prefix}_{name}", float(value), step=step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch += 1
+        if self.batch % self.every == 0 and logs:
+            self._scalars("train", "batch", logs, self.batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        training = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        training["learning_rate"] = ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        self._scalars("train", "epoch", training, epoch + 1)
+        self._scalars("validation", "epoch", {k[4:]: v for k, v in logs.items() if k.startswith("val_")}, epoch + 1)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def songs(self, written, epoch, sample_rate=AUDIO_SAMPLE_RATE):
+        """Show the pictures of ``written`` (WrittenSongs) at ``epoch``, and play their
+        audio where they have some."""
+        with self.writers["songs"].as_default():
+            for song in written:
+                tag = song.name.split("_", 1)[1]
+                self.summary.image(tag, song.image[np.newaxis], step=epoch)
+                if song.audio is not None:
+                    with quiet_stderr():  # TensorFlow's WAV encoder logs a line about oneDNN
+                        self.summary.audio(
+                            f"{tag}_audio", song.audio[np.newaxis, :, np.newaxis], sample_rate, step=epoch,
+                            encoding="wav",
+                        )
+        self.writers["songs"].flush()
+
+    def evaluation(self, results, image, step):
+        """The end-of-training evaluation: its numbers as ``evaluation/*`` scalars and its
+        picture, in ``logs/evaluation``."""
+        import tensorflow as tf
+
+        with tf.summary.create_file_writer(str(self.log_dir / "evaluation")).as_default() as writer:
+            for name, value in evaluation_scalars(results).items():
+                self.summary.scalar(f"evaluation/{name}", value, step=step)
+            self.summary.image("evaluation", image[np.newaxis], step=step)
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()

@@ -1,0 +1,277 @@
+"""The training data: a folder of samples, checked, split by song, and served in batches.
+
+The samples are ``.npy`` files as data_loader.py writes them (see music_vae/samples.py),
+searched for in a folder and its subfolders; a file that is not a sample is reported and
+left out. The validation split keeps the samples of one MIDI file together, so that it
+holds songs training never saw.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from music_vae.files import UsageError
+from music_vae.model import keras
+from music_vae.samples import LOWEST_PITCH, SETTINGS_FILE, DataSettings
+
+SEED = 0
+NOTES_SAMPLED = 1000  # training samples read to find the average note count
+
+
+class SongFiles(keras.utils.PyDataset):
+    """Batches of samples as uint8, one batch at a time.
+
+    From ``.npy`` files read as each batch is needed, so that memory stays flat whatever
+    the number of files: (batch, measures, 9216) of 0/1. Or, with ``cache``, from RAM,
+    where every sample is kept bit-packed (18 KB for (16, 9216)): (batch, measures,
+    1152), which the VAE unpacks on its own device. Either way a batch travels as a
+    quarter (or a 32nd) of float32's bytes, and worker threads prepare the next batches
+    while a step runs.
+
+    With ``shuffle``, the order changes every epoch, the same way for the same ``seed``
+    and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
+    the epoch through the ``EpochOrder`` callback. A file that can
+    no longer be read is reported once and a silent song takes its place, so that a long
+    run never dies of one file.
+    """
+
+    def __init__(self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False):
+        super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
+        self.paths = list(paths)
+        self.batch_size = batch_size
+        self.shape = tuple(shape)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.unreadable = set()
+        self.packed = self._read_all() if cache else None
+        self.order = self._order()
+
+    def _read_all(self):
+        packed = np.empty((len(self.paths), *self.shape[:-1], self.shape[-1] // 8), np.uint8)
+        for number, path in enumerate(tqdm(self.paths, desc="caching samples", unit="sample", disable=None)):
+            packed[number] = np.packbits(self._load(path), axis=-1)
+        return packed
+
+    def _order(self):
+        if not self.shuffle:
+            return np.arange(len(self.paths))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
+
+    def __len__(self):
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def __getitem__(self, index):
+        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        if self.packed is not None:
+            return self.packed[batch]
+        return np.stack([self._load(self.paths[i]) for i in batch])
+
+    def _load(self, path):
+        """A sample as uint8 0/1: any non-zero value is an onset."""
+        try:
+            song = np.load(path)
+            if song.shape != self.shape:
+                raise ValueError(f"shape {song.shape}, expected {self.shape}")
+            return (song != 0).view(np.uint8)
+        except (OSError, ValueError) as error:
+            if path not in self.unreadable:
+                self.unreadable.add(path)
+                print(f"\nwarning: skipped {path}: {error}; a silent song takes its place", file=sys.stderr)
+            return np.zeros(self.shape, np.uint8)
+
+    def start_epoch(self, epoch):
+        """Take the order of ``epoch`` (counted from 0)."""
+        self.epoch = epoch
+        self.order = self._order()
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Give ``songs`` (SongFiles) the number of each epoch as it begins, so that its order
+    follows from the seed and the epoch alone. Counting Keras' calls of
+    ``PyDataset.on_epoch_end`` does not do: it makes more than one an epoch, its reader
+    threads one more where they read ahead, and one at the start of ``fit``, so a resumed
+    run would see other batches than the run never stopped."""
+
+    def __init__(self, songs):
+        super().__init__()
+        self.songs = songs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.songs.start_epoch(epoch)
+
+
+def cache_fits(samples, shape):
+    """Whether ``samples`` bit-packed samples fit in half of this machine's memory."""
+    needed = samples * math.prod(shape) // 8
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows: no sysconf; trust the user
+        return True
+    return needed <= memory // 2
+
+
+def sample_problem(path, shape):
+    """Why ``path`` is not a usable sample of ``shape``, or None. Reads only the header."""
+    try:
+        song = np.load(path, mmap_mode="r")  # a truncated file fails here, unread
+    except (OSError, ValueError) as error:
+        return str(error) or type(error).__name__
+    if not isinstance(song, np.ndarray):
+        return "not a single array"
+    if song.shape != tuple(shape):
+        return f"shape {song.shape}, expected {tuple(shape)}"
+    if song.dtype.kind not in "biuf":
+        return f"dtype {song.dtype} is not a number"
+    return None
+
+
+@dataclasses.dataclass
+class Data:
+    """A folder of samples, checked and split for a run.
+
+    Attributes
+    ----------
+    folder : str
+        The folder, as an absolute path.
+    settings : DataSettings
+        What the samples were made with (their settings.json).
+    training, validation : list of Path
+        The samples of each split; those of one MIDI file are in the same one.
+    malformed : list of (str, str)
+        Files that are not samples, and why.
+    seed : int
+        Of the split, and of the samples mean_notes reads.
+    """
+
+    folder: str
+    settings: DataSettings
+    training: list
+    validation: list
+    malformed: list
+    seed: int
+
+    @functools.cached_property
+    def mean_notes(self):
+        """Onsets in an average training sample (of up to NOTES_SAMPLED of them): how many
+        notes a song gets by default."""
+        return mean_notes(self.training, self.seed)
+
+    def summary(self):
+        """What a run's state records of its data."""
+        return {
+            "folder": self.folder, "samples": len(self.training) + len(self.validation), "training": len(self.training),
+            "validation": len(self.validation), "malformed": self.malformed, "mean_notes": self.mean_notes,
+            **dataclasses.asdict(self.settings),
+        }
+
+
+def read_data(folder, validation_split, seed, settings=None):
+    """The samples of ``folder``, checked (malformed ones reported) and split. ``settings``:
+    what they were made with, if known (a run's state knows); else their settings.json says.
+
+    Raises
+    ------
+    UsageError
+        The folder is missing, holds no sample, or its settings.json is unreadable.
+    """
+    if not Path(folder).is_dir():
+        raise UsageError(f"data folder {folder} does not exist")
+    settings = settings or DataSettings.read(folder)
+    paths, malformed = find_samples(folder, (settings or DataSettings()).shape)
+    if settings is None:
+        settings = DataSettings()
+        print(
+            f"note: {folder} has no {SETTINGS_FILE} (data_loader.py writes one): its samples are taken to be "
+            f"{settings.measures} measures from MIDI note {LOWEST_PITCH} up",
+            file=sys.stderr,
+        )
+    for path, problem in malformed[:10]:
+        print(f"warning: skipped {path}: {problem}", file=sys.stderr)
+    if len(malformed) > 10:
+        print(f"warning: skipped {len(malformed) - 10} more malformed files", file=sys.stderr)
+    training, validation = split_samples(paths, validation_split, seed, folder)
+    return Data(
+        folder=str(Path(folder).resolve()), settings=settings, training=training, validation=validation,
+        malformed=[(path.name, problem) for path, problem in malformed], seed=seed,
+    )
+
+
+def find_samples(data_dir, shape):
+    """Every ``.npy`` under ``data_dir`` that is a sample of ``shape``, and the others.
+
+    Returns
+    -------
+    good : list of Path
+    bad : list of (Path, str)
+        Malformed files with the reason.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"data folder {data_dir} does not exist")
+    good, bad = [], []
+    for path in sorted(data_dir.rglob("*.npy")):
+        problem = sample_problem(path, shape)
+        if problem:
+            bad.append((path, problem))
+        else:
+            good.append(path)
+    if not good:
+        if bad:
+            path, problem = bad[0]
+            raise UsageError(f"none of the {len(bad)} .npy files in {data_dir} is a sample: {path.name} has {problem}")
+        raise UsageError(f"no .npy samples in {data_dir}; make them with: python data_loader.py MIDI_DIR {data_dir}")
+    return good, bad
+
+
+def split_samples(paths, validation_split, seed, data_dir):
+    """Split into training and validation paths, keeping samples of one song together.
+
+    Songs are known from data_loader's ``index.csv`` when the folder has one; otherwise
+    every file counts as its own song.
+    """
+    source_of = {}
+    with contextlib.suppress(OSError, KeyError, csv.Error):
+        with open(Path(data_dir) / "index.csv", newline="", encoding="utf-8") as file:
+            source_of = {row["sample"]: row["source"] for row in csv.DictReader(file)}
+    songs = {}
+    for path in paths:
+        songs.setdefault(source_of.get(path.name, str(path)), []).append(path)
+    groups = list(songs.values())
+    validation, wanted = [], round(validation_split * len(paths))
+    for index in np.random.default_rng(seed).permutation(len(groups)):
+        if len(validation) >= wanted:
+            break
+        validation.extend(groups[index])
+    chosen = set(validation)
+    return [path for path in paths if path not in chosen], validation
+
+
+def mean_notes(paths, seed):
+    """Average number of onsets per sample, from up to NOTES_SAMPLED of ``paths``."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(len(paths), NOTES_SAMPLED), replace=False)
+    return float(np.mean([np.count_nonzero(np.load(paths[i])) for i in chosen]))
+
+
+def subset(paths, count, seed):
+    """Up to ``count`` of ``paths``, drawn at random with ``seed``: the same ones for the
+    same paths in any order."""
+    paths = sorted(paths)
+    if len(paths) <= count:
+        return paths
+    chosen = np.random.default_rng(seed).choice(len(paths), size=count, replace=False)
+    return [paths[i] for i in sorted(chosen)]
+
+
+def read_sample(path):
+    """A sample file as (measures, 9216) uint8 0/1: any non-zero value is an onset."""
+    return (np.load(path) != 0).view(np.uint8)

@@ -1,0 +1,251 @@
+"""Judge a run: its songs against the data (music_metrics), its latent units, and how well
+it reconstructs songs it never trained on; the results as a table, JSON and a picture.
+
+The songs are read back from their MIDI files, so that what is judged is what is heard.
+"""
+
+import collections
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from music_vae import music_metrics
+from music_vae.dataset import SEED, read_sample, subset
+from music_vae.files import UsageError, atomic_write, png_writer, text_writer
+from music_vae.model import ops
+from music_vae.samples import SkipFile, midi_to_song
+from music_vae.songs import figure_pixels
+
+EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
+EVALUATION_BATCH = 32
+
+
+def evaluate_songs(
+    encoder, decoder, song_paths, *, data, held_out, rule, settings, samples=EVALUATION_SAMPLES, seed=SEED
+):
+    """Judge generated MIDI songs against the data, and the model on it.
+
+    Parameters
+    ----------
+    encoder, decoder : keras.Model
+    song_paths : list of Path
+        Generated MIDI files; each is read back into onsets (what is heard).
+    data : list of Path
+        Samples of the data; up to ``samples`` of them, drawn with ``seed``, are used.
+    held_out : list of Path
+        Samples the model has not trained on, reconstructed for precision and recall.
+    rule : NoteRule
+        The run's rule for which cells of a decoded song are notes.
+    settings : DataSettings
+        The pitch window and measures of the run's songs.
+
+    Returns
+    -------
+    dict
+        music_metrics.compare's results, plus ``latent`` (active units, KL per
+        dimension and their sum, in nats), ``reconstruction`` (precision, recall, F1;
+        None without held-out samples) and what was compared.
+    """
+    generated = {}
+    stems = collections.Counter(path.stem for path in song_paths)
+    for path in song_paths:
+        try:
+            generated[str(path) if stems[path.stem] > 1 else path.stem] = midi_to_song(path, settings)
+        except (SkipFile, OSError) as error:
+            print(f"warning: skipped {path}: {error}", file=sys.stderr)
+    data = subset(data, samples, seed)
+    real = [read_sample(path) for path in data]
+    results = music_metrics.compare(generated, real, settings.lowest_pitch)
+    z_mean, z_log_var = encode(encoder, real)
+    kl = music_metrics.kl_per_dimension(z_mean, z_log_var)
+    results["latent"] = {
+        "active_units": int(np.sum(kl > music_metrics.ACTIVE_KL)), "of": len(kl),
+        "kl_per_song": round(float(np.sum(kl)), 4), "kl_per_dimension": [round(float(value), 5) for value in kl],
+    }
+    held_out = subset(held_out, samples, seed)
+    results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out, rule) if held_out else None
+    results["compared"] = {
+        "songs": [str(path) for path in song_paths], "data_samples": len(data), "held_out_samples": len(held_out),
+    }
+    return results
+
+
+def encode(encoder, songs):
+    """(z_mean, z_log_var) of ``songs``, each (songs, latent), in batches."""
+    means, log_variances = [], []
+    for start in range(0, len(songs), EVALUATION_BATCH):
+        batch = np.stack(songs[start : start + EVALUATION_BATCH]).astype(np.float32)
+        z_mean, z_log_var, _ = encoder(ops.convert_to_tensor(batch), training=False)
+        means.append(ops.convert_to_numpy(ops.cast(z_mean, "float32")))  # not bfloat16: numpy sums it badly
+        log_variances.append(ops.convert_to_numpy(ops.cast(z_log_var, "float32")))
+    latent = encoder.output[0].shape[-1]
+    return np.concatenate(means or [np.zeros((0, latent))]), np.concatenate(log_variances or [np.zeros((0, latent))])
+
+
+def reconstruction_scores(encoder, decoder, paths, rule):
+    """Onset precision, recall and F1 of the decoded z_mean of each sample in ``paths``,
+    with its notes picked as the run picks a song's notes."""
+    correct = true_notes = predicted_notes = 0
+    for start in range(0, len(paths), EVALUATION_BATCH):
+        songs = [read_sample(path) for path in paths[start : start + EVALUATION_BATCH]]
+        z_mean, _ = encode(encoder, songs)
+        decoded = ops.convert_to_numpy(decoder(ops.convert_to_tensor(z_mean), training=False))
+        for song, values in zip(songs, decoded):
+            kept, song_threshold = rule.apply(values)
+            predicted = kept >= song_threshold
+            correct += np.count_nonzero(predicted & (song != 0))
+            true_notes += np.count_nonzero(song)
+            predicted_notes += np.count_nonzero(predicted)
+    return {**music_metrics.scores_of_counts(correct, true_notes, predicted_notes), "samples": len(paths)}
+
+
+def evaluation_image(results):
+    """Generated and real distribution of every feature side by side, with their
+    overlap, and the KL of each latent dimension, as an RGBA uint8 picture."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(16, 7), dpi=100)
+    for number, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
+        axes = figure.add_subplot(2, 4, number)
+        real = np.array(results["data_features"][feature], np.float64)
+        ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
+        real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
+        edges = np.histogram_bin_edges(np.concatenate([real, ours]), bins=20) if len(real) + len(ours) else 20
+        axes.hist(real, bins=edges, density=True, color="0.6", label="data")
+        axes.hist(ours, bins=edges, density=True, histtype="step", linewidth=2, color="tab:red", label="generated")
+        overlap = results["features"][feature]["overlap"]
+        axes.set_title(
+            f"{label}\noverlap {overlap:.2f}" if overlap is not None else f"{label}\noverlap: no values", fontsize=10
+        )
+        axes.set_yticks([])
+        if number == 1:
+            axes.legend(fontsize=8)
+    axes = figure.add_subplot(2, 4, 8)
+    latent = results["latent"]
+    kl = np.sort(latent["kl_per_dimension"])[::-1]
+    axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
+    axes.axhline(music_metrics.ACTIVE_KL, color="tab:red", linewidth=1)
+    axes.set_yscale("symlog", linthresh=music_metrics.ACTIVE_KL)
+    active = f"{latent['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL})"
+    axes.set_title(f"KL per latent dimension, sorted\n{active}, {latent['kl_per_song']:.1f} nats in all", fontsize=10)
+    return figure_pixels(figure)
+
+
+def write_evaluation(folder, results):
+    """``folder/evaluation.json`` (everything but the data's per-song values) and
+    ``evaluation.png``; returns (the JSON's content, the picture)."""
+    saved = finite({key: value for key, value in results.items() if key != "data_features"})
+    image = evaluation_image(results)
+    atomic_write(Path(folder) / "evaluation.json", text_writer(json.dumps(saved, indent=1, allow_nan=False)))
+    atomic_write(Path(folder) / "evaluation.png", png_writer(image))
+    return saved, image
+
+
+def finite(value):
+    """``value`` with NaN (a feature a silent song has none of) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _number(value, digits=2):
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def feature_rows(results):
+    """The features as (label, generated mean ± sd, data mean ± sd, overlap) rows of text."""
+    rows = []
+    for feature, (label, _) in music_metrics.FEATURES.items():
+        values = results["features"][feature]
+        generated = f"{_number(values['generated_mean'])} ± {_number(values['generated_sd'])}"
+        data = f"{_number(values['data_mean'])} ± {_number(values['data_sd'])}"
+        rows.append((label, generated, data, _number(values["overlap"])))
+    return rows
+
+
+def summary_rows(results):
+    """The evaluation's numbers over songs, as (label, value) pairs."""
+    in_range, latent, scores = results["in_range"], results["latent"], results["reconstruction"]
+    low, high = in_range["data_notes_10_90"]
+    rows = [
+        ("mean overlap with the data", _number(results["mean_overlap"])),
+        (
+            "diversity between the songs (the data's)",
+            f"{_number(results['diversity'])} ({_number(results['data_diversity'])})",
+        ),
+        (f"songs with {low:.0f}-{high:.0f} notes, the data's 10-90% range", f"{in_range['songs']} of {in_range['of']}"),
+        ("silent songs", ", ".join(results["silent_songs"]) or "none"),
+        (f"active latent units (mean KL > {music_metrics.ACTIVE_KL})", f"{latent['active_units']} of {latent['of']}"),
+        # The mean KL bounds what the code can tell about a song: at 4 nats it tells at
+        # most about e**4 = 55 songs apart, however many units pass the threshold.
+        ("KL per song, all units (nats)", f"{latent['kl_per_song']:.2f}"),
+    ]
+    if scores:
+        values = [
+            f"{name} {_number(scores[key])}"
+            for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))
+        ]
+        rows.append((f"reconstruction of {scores['samples']} held-out samples", ", ".join(values)))
+    else:
+        rows.append(("reconstruction", "no held-out samples"))
+    return rows
+
+
+def evaluation_table(results):
+    """The evaluation as plain-text tables: features, summary, then song by song."""
+    compared = results["compared"]
+    lines = [f"{len(results['songs'])} songs against {compared['data_samples']} data samples", ""]
+    lines.append(f"  {'feature':40}{'generated':>16}{'data':>16}{'overlap':>9}")
+    lines += [
+        f"  {label:40}{generated:>16}{data:>16}{overlap:>9}"
+        for label, generated, data, overlap in feature_rows(results)
+    ]
+    lines.append("")
+    lines += [f"  {label:54} {value}" for label, value in summary_rows(results)]
+    if results["songs"]:
+        width = max(len(name) for name in results["songs"]) + 2
+        lines += [
+            "",
+            "  " + "song".ljust(width) + "".join(f"{short:>9}" for _, short in music_metrics.FEATURES.values()),
+        ]
+        for name, values in results["songs"].items():
+            cells = "".join(f"{_number(values[feature]):>9}" for feature in music_metrics.FEATURES)
+            lines.append("  " + name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def evaluation_scalars(results):
+    """The evaluation's main numbers, for TensorBoard."""
+    scalars = {f"overlap_{feature}": values["overlap"] for feature, values in results["features"].items()}
+    scalars.update(
+        mean_overlap=results["mean_overlap"], diversity=results["diversity"],
+        active_units=results["latent"]["active_units"], kl_per_song=results["latent"]["kl_per_song"],
+    )
+    scalars["songs_in_range"] = results["in_range"]["songs"] / max(results["in_range"]["of"], 1)
+    for key in ("precision", "recall", "f1"):
+        scalars[f"reconstruction_{key}"] = (results["reconstruction"] or {}).get(key)
+    return {name: float(value) for name, value in scalars.items() if value is not None}
+
+
+def find_songs(folder, pattern):
+    """The MIDI files that ``pattern`` matches: in ``folder`` (a run's generated/midi), or
+    where it says when it is absolute."""
+    path = Path(pattern)
+    try:
+        if path.is_absolute():
+            found = Path(path.anchor).glob(str(path.relative_to(path.anchor)))
+        else:
+            found = Path(folder).glob(pattern)
+        songs = sorted(song for song in found if song.is_file())
+    except (ValueError, IndexError, NotImplementedError):  # "", ".", "/" and other non-patterns
+        raise UsageError(f"--songs {pattern!r} is not a pattern of MIDI files, such as 'final_*.mid'") from None
+    if not songs:
+        raise UsageError(f"no songs match {pattern!r} in {folder}")
+    return songs

@@ -1,0 +1,338 @@
+"""The paper's stacked VAE in Keras 3: its sizes, encoder, decoder and loss, the optimizer,
+and the arithmetic of how fast it can train.
+
+A measure encoder turns each of a song's 16 measures (96 x 96 onsets, flattened to 9216)
+into 200 features through 2000 hidden units, with the same weights for every measure. The
+song VAE encodes the 16 x 200 = 3200 song features through 1600 units into a
+120-dimensional Gaussian. The decoder mirrors both (paper, sections 3.3.2 and 4.1). Loss:
+squared error summed over the song, plus KL(N(mu, sigma) || N(0, 1)) summed over the latent
+dimensions, averaged over the batch. Only the public Keras API is used, so that the model
+trains on the TensorFlow, JAX and PyTorch backends alike. The classes keep the registered
+package name "music_generator", under which runs saved their models before this module
+existed, so that those still load.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+from music_vae.files import quiet_stderr
+from music_vae.samples import MEASURE_SIZE, MEASURES_PER_SAMPLE
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info and warning lines
+
+with quiet_stderr():
+    import keras
+    from keras import layers, ops
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # where TensorFlow logs what it found
+
+# Keras mixed precision policies: weights and the loss stay float32.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model's sizes and loss; the defaults are the paper's (sections 3.4 and 4.1).
+
+    Attributes
+    ----------
+    measures : int
+        Measures per song.
+    measure_hidden, measure_features : int
+        Hidden units of the measure encoder and decoder, and features per measure.
+    song_hidden, latent : int
+        Hidden units of the song VAE, and latent dimensions.
+    kl_weight : float
+        Weight of the KL term (1 in the paper).
+    reconstruction : {"mse", "bce"}
+        Squared error (the paper) or binary cross-entropy, summed over the song.
+    """
+
+    measures: int = MEASURES_PER_SAMPLE
+    measure_hidden: int = 2000
+    measure_features: int = 200
+    song_hidden: int = 1600
+    latent: int = 120
+    kl_weight: float = 1.0
+    reconstruction: str = "mse"
+
+
+@keras.saving.register_keras_serializable(package="music_generator")
+class Sampling(layers.Layer):
+    """Draw z ~ N(z_mean, exp(z_log_var)) as z_mean + sigma * epsilon, so that gradients
+    reach the encoder (the reparameterisation trick)."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+    def save_own_variables(self, store):
+        """Save the noise generator's position: Keras saves a layer's own weights only, and
+        without it a resumed run would draw other noise than the run never stopped."""
+        store["0"] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        """Restore the noise generator's position, where the model file has one."""
+        if "0" in store.keys():  # models saved before the position was kept have none
+            self.seed_generator.state.assign(store["0"])
+
+
+# The paper's TimeDistributed Dense layers are plain Dense layers here: on a (batch,
+# measures, features) input, Dense works on the last axis with the same weights for every
+# measure, which is what TimeDistributed means, but in one matrix product instead of 16
+# (2-3x faster on a CPU). A test checks that both give the same output.
+
+
+def build_encoder(config=ModelConfig()):
+    """Song (measures, 9216) -> z_mean (latent), z_log_var (latent), z (latent)."""
+    songs = keras.Input((config.measures, MEASURE_SIZE), name="song")
+    x = layers.Dense(config.measure_hidden, activation="relu", name="measure_hidden")(songs)
+    x = layers.Dense(config.measure_features, activation="relu", name="measure_features")(x)
+    x = layers.Reshape((config.measures * config.measure_features,), name="song_features")(x)
+    x = layers.Dense(config.song_hidden, activation="relu", name="song_hidden")(x)
+    z_mean = layers.Dense(config.latent, name="z_mean")(x)
+    z_log_var = layers.Dense(config.latent, name="z_log_var")(x)
+    z = Sampling(name="z")([z_mean, z_log_var])
+    return keras.Model(songs, [z_mean, z_log_var, z], name="encoder")
+
+
+def build_decoder(config=ModelConfig(), note_density=None):
+    """z (latent) -> song (measures, 9216) of onset probabilities.
+
+    ``note_density``, the share of cells that are notes in the data, sets the output
+    layer's starting bias so that every cell starts at that probability. Training then
+    starts at the loss of a silent song instead of that of outputs of 0.5 (36,864 for a
+    song), whose first steps push every output to zero; with it, a tiny dataset is
+    learnt in hundreds of steps instead of thousands (see the tests).
+    """
+    if note_density:
+        bias = keras.initializers.Constant(math.log(note_density / (1 - note_density)))
+    else:
+        bias = "zeros"
+    z = keras.Input((config.latent,), name="z")
+    x = layers.Dense(config.song_hidden, activation="relu", name="song_hidden")(z)
+    x = layers.Dense(config.measures * config.measure_features, activation="relu", name="song_features")(x)
+    x = layers.Reshape((config.measures, config.measure_features), name="measure_features")(x)
+    x = layers.Dense(config.measure_hidden, activation="relu", name="measure_hidden")(x)
+    # The largest product stays in the compute precision (bfloat16 with --precision); the
+    # sigmoid and so the loss are float32.
+    logits = layers.Dense(MEASURE_SIZE, bias_initializer=bias, name="song_logits")(x)
+    song = layers.Activation("sigmoid", dtype="float32", name="song")(logits)
+    return keras.Model(z, song, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="music_generator")
+class VAE(keras.Model):
+    """The encoder and the decoder joined, trained on the paper's loss.
+
+    Calling it returns (reconstructed songs, z_mean, z_log_var). ``fit`` logs ``loss``,
+    ``reconstruction`` and ``kl``; ``loss = reconstruction + kl_weight * kl``.
+
+    Parameters
+    ----------
+    kl_weight : float
+        Weight of the KL term (1 in the paper).
+    reconstruction : {"mse", "bce"}
+        Squared error (the paper) or binary cross-entropy, summed over the song.
+    """
+
+    def __init__(self, encoder, decoder, kl_weight=1.0, reconstruction="mse", **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.kl_weight = kl_weight
+        self.reconstruction = reconstruction
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    def call(self, songs, training=False):
+        z_mean, z_log_var, z = self.encoder(self.unpacked(songs), training=training)
+        return self.decoder(z, training=training), z_mean, z_log_var
+
+    def unpacked(self, songs):
+        """Songs as (batch, measures, 9216); bit-packed ones, (batch, measures, 1152) uint8
+        as np.packbits makes them, are unpacked here, on the model's device."""
+        size = self.encoder.input.shape[-1]
+        if songs.shape[-1] != size // 8:
+            return songs
+        # A lookup of each byte's 8 bits: 6 times faster than shifting and masking them.
+        bits_of_byte = ops.array(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1))
+        bits = ops.take(bits_of_byte, ops.cast(songs, "int32"), axis=0)
+        return ops.reshape(bits, (-1, *songs.shape[1:-1], size))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        reconstructed, z_mean, z_log_var = y_pred
+        songs = ops.cast(self.unpacked(x), "float32")
+        z_mean, z_log_var = ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32")
+        if self.reconstruction == "bce":
+            errors = ops.binary_crossentropy(songs, reconstructed)
+        else:
+            errors = ops.square(songs - reconstructed)
+        reconstruction = ops.mean(ops.sum(errors, axis=(1, 2)))
+        kl = ops.mean(-0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1))
+        # Weighted by batch size, like Keras' own loss tracker, so that a short last batch
+        # counts as much in every epoch mean.
+        batch_size = ops.shape(songs)[0]
+        self.reconstruction_tracker.update_state(reconstruction, sample_weight=batch_size)
+        self.kl_tracker.update_state(kl, sample_weight=batch_size)
+        return reconstruction + self.kl_weight * kl
+
+    def get_config(self):
+        return {
+            **super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder), "kl_weight": self.kl_weight,
+            "reconstruction": self.reconstruction,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        return cls(**config)
+
+
+def build_vae(config=ModelConfig(), note_density=None):
+    """The VAE of ``config``, built; see build_decoder for ``note_density``."""
+    # The decoder first: with a seed set, the order of the layers decides their starting weights.
+    decoder = build_decoder(config, note_density)
+    vae = VAE(build_encoder(config), decoder, config.kl_weight, config.reconstruction, name="vae")
+    vae.build((None, config.measures, MEASURE_SIZE))
+    return vae
+
+
+@contextlib.contextmanager
+def precision(name):
+    """Compute in precision ``name`` (a key of PRECISIONS) inside the block: Keras keeps the
+    policy in a process-wide global, which this sets and then puts back."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(PRECISIONS[name])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@keras.saving.register_keras_serializable(package="music_generator")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam, whose update TensorFlow runs as one XLA computation when ``fuse``.
+
+    On a CPU the training step runs without XLA, because TensorFlow's own matrix products
+    (oneDNN, with AMX for bfloat16) are 1.3 to 4 times faster than XLA's. But then Keras'
+    Adam is a dozen separate passes over the 48.5 million weights and their moments:
+    140 ms a step on the 2-core machine this was measured on, 48 ms when XLA fuses them.
+    With other backends, or ``fuse=False``, it is Keras' Adam unchanged.
+    """
+
+    def __init__(self, *args, fuse=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fuse = fuse
+        self._fused_apply = None
+
+    def apply(self, grads, trainable_variables=None):
+        if not (self.fuse and keras.backend.backend() == "tensorflow"):
+            return super().apply(grads, trainable_variables)
+        if self._fused_apply is None:
+            import tensorflow as tf
+
+            # The variables are captured, not passed: tf.function cannot trace Keras variables.
+            adam_apply = super().apply
+            self._fused_apply = tf.function(lambda grads: adam_apply(grads, trainable_variables), jit_compile=True)
+        return self._fused_apply(grads)
+
+    def get_config(self):
+        return {**super().get_config(), "fuse": self.fuse}
+
+
+def default_jit():
+    """Whether XLA compiles the training step by default: where that is faster.
+
+    JAX always compiles with XLA. TensorFlow does on a GPU, but not on a CPU, where its
+    oneDNN matrix products beat XLA's at every batch size (FusedAdam still fuses the
+    update). PyTorch's compiler takes minutes for this model and is off.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
+def dense_products(vae):
+    """(rows per sample, inputs, outputs) of every Dense layer's matrix product, in order:
+    the measure layers multiply one row per measure, the song layers one per song."""
+    return [
+        (math.prod(layer.input.shape[1:-1]), *layer.kernel.shape)
+        for layer in vae.encoder.layers + vae.decoder.layers
+        if isinstance(layer, layers.Dense)
+    ]
+
+
+def training_flops_per_sample(vae):
+    """Floating-point operations of one training sample: the 2 * rows * inputs * outputs
+    of every Dense layer's product, 3 times (forward, and backward for the weights and the
+    inputs), but twice for the first layer, whose inputs (the songs) need no gradient.
+    3.09 GFLOP for the default model (the usual 3 times for every layer would say 3.68)."""
+    return sum(
+        (2 if number == 0 else 3) * 2 * rows * inputs * outputs
+        for number, (rows, inputs, outputs) in enumerate(dense_products(vae))
+    )
+
+
+def fastest(function, seconds):
+    """Seconds of the fastest call of ``function``, after one warm-up call, over about
+    ``seconds`` (3 calls at least): the best the machine does, whatever else runs on it."""
+    function()
+    times, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds or len(times) < 3:
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def peak_flops(dtype, seconds=0.5):
+    """The machine's matrix-product speed in FLOP/s, measured: the fastest of repeated
+    products of the model's largest layer (9216 by 2000) in ``dtype``, in the three
+    orientations a training step uses (forward, weight gradient, input gradient), for
+    about ``seconds`` in all, with rows grown until one product takes long enough to time.
+    The fastest orientation counts, so that no step of the model can beat its "peak"."""
+    size, hidden = MEASURE_SIZE, ModelConfig.measure_hidden
+    orientations = (
+        lambda rows: ((rows, size), (size, hidden)),  # forward
+        lambda rows: ((size, rows), (rows, hidden)),  # weight gradient
+        lambda rows: ((rows, hidden), (hidden, size)),  # input gradient
+    )
+    best = 0.0
+    for shapes in orientations:
+        rows = 256  # grown below where that is too quick to time; small enough for a slow laptop
+        while True:
+            left, right = shapes(rows)
+            a, b = ops.ones(left, dtype), ops.ones(right, dtype)
+            # One product, waited for by reading one of its values.
+            product = lambda: ops.convert_to_numpy(ops.cast(ops.matmul(a, b)[0, 0], "float32"))  # noqa: E731
+            seconds_per_product = fastest(product, seconds / 3)
+            if seconds_per_product > 0.005 or rows >= 65536:  # long enough to hide the call's overhead
+                best = max(best, 2 * rows * size * hidden / seconds_per_product)
+                break
+            rows *= 4
+    return best

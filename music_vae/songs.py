@@ -1,0 +1,166 @@
+"""Songs from the decoder: which of their cells are notes, and the files each is saved as
+(its values as .npy, its notes as MIDI, a piano-roll picture, and its sound as WAV)."""
+
+import dataclasses
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from music_vae.audio import wav_writer
+from music_vae.files import atomic_write, npy_writer, png_writer
+from music_vae.model import ops
+from music_vae.samples import PITCHES, STEPS_PER_MEASURE, piano_roll, seconds_per_step, song_seconds, song_to_midi
+
+MIN_THRESHOLD = 1e-6  # a note needs at least this value, even among the strongest cells
+
+
+@dataclasses.dataclass(frozen=True)
+class NoteRule:
+    """Which cells of a decoded song are notes: those at or above ``threshold``, or, where
+    it is None, the ``notes`` strongest (each song gets its own threshold)."""
+
+    threshold: float = None
+    notes: float = 0
+
+    def apply(self, song):
+        """(``song`` with the cells that are not notes set to 0, the threshold its notes pass)."""
+        if self.threshold is None:
+            return strongest_cells(song, self.notes)
+        return song, self.threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class SongStyle:
+    """How a run's songs are written: which cells are notes, the tempo in quarter notes a
+    minute, MIDI note of pitch row 0, and the Synthesizer of their WAV files (None: none)."""
+
+    rule: NoteRule
+    bpm: float
+    lowest_pitch: int
+    synthesizer: object = None
+
+
+class WrittenSong(NamedTuple):
+    name: str
+    notes: int
+    image: np.ndarray  # (height, width, 4) uint8 piano roll
+    audio: np.ndarray  # (samples,) float32, or None without a synthesizer
+
+
+def strongest_cells(song, notes):
+    """``song`` with all but its ``notes`` strongest cells set to 0, and the threshold
+    that makes those cells its notes: the weakest of them (never below MIN_THRESHOLD, so
+    that a silent song stays silent).
+
+    Exactly ``notes`` cells are kept even where values tie at the threshold, as thousands
+    do when the decoder computes in bfloat16.
+    """
+    values = np.ravel(song)
+    notes = int(min(max(notes, 1), values.size))
+    strongest = np.argpartition(values, -notes)[-notes:]
+    kept = np.zeros_like(values)
+    kept[strongest] = values[strongest]
+    return kept.reshape(np.shape(song)), max(float(values[strongest].min()), MIN_THRESHOLD)
+
+
+def fixed_latents(count, latent, seed):
+    """The same ``count`` latent vectors for the same seed: the songs heard every epoch."""
+    return np.random.default_rng(seed).standard_normal((count, latent)).astype(np.float32)
+
+
+def decode(decoder, latents):
+    """The songs of ``latents`` (count, latent): (count, measures, 9216) float32 values."""
+    # A direct call: for a few vectors, predict() only adds an iterator and callbacks.
+    return ops.convert_to_numpy(decoder(ops.convert_to_tensor(np.asarray(latents, np.float32)), training=False))
+
+
+def write_songs(decoder, latents, folder, prefix, style):
+    """Decode ``latents`` and save each song as PREFIX_songNN in ``folder`` (see save_song),
+    its notes picked by ``style.rule``. Returns a list of WrittenSong."""
+    if len(latents) == 0:  # --songs 0 or --songs-per-epoch 0
+        return []
+    written = []
+    for number, song in enumerate(decode(decoder, latents), start=1):
+        kept, threshold = style.rule.apply(song)
+        written.append(save_song(song, folder, f"{prefix}_song{number:02d}", threshold, style, notes_of=kept))
+    return written
+
+
+def save_song(song, folder, name, threshold, style, notes_of=None):
+    """Write ``song`` as ``folder/npy/NAME.npy``, ``folder/midi/NAME.mid``,
+    ``folder/img/NAME.png`` and, with ``style.synthesizer``, ``folder/wav/NAME.wav``;
+    return a WrittenSong. The notes are the cells of ``notes_of`` (default: ``song``) at
+    or above ``threshold``."""
+    song = np.asarray(song, np.float32)
+    notes_of = song if notes_of is None else notes_of
+    midi = song_to_midi(notes_of, bpm=style.bpm, threshold=threshold, lowest_pitch=style.lowest_pitch)
+    notes = midi.instruments[0].notes
+    title = f"{name}: {len(notes)} notes (values >= {threshold:.3g})"
+    image = piano_roll_image(song, notes, title, style.lowest_pitch, style.bpm)
+    for kind in ("npy", "midi", "img", "wav") if style.synthesizer else ("npy", "midi", "img"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "npy" / f"{name}.npy", npy_writer(song))
+    atomic_write(folder / "midi" / f"{name}.mid", midi.write)
+    audio = None
+    if style.synthesizer:
+        audio = style.synthesizer.render(midi, song_seconds(len(song), style.bpm))
+        atomic_write(folder / "wav" / f"{name}.wav", wav_writer(audio, style.synthesizer.sample_rate))
+    # The picture last: the run page lists a song by its picture, so a song it lists is complete.
+    atomic_write(folder / "img" / f"{name}.png", png_writer(image))
+    if not notes:
+        print(f"warning: {name} has no notes: every value is below {threshold:.3g}", file=sys.stderr)
+    return WrittenSong(name, len(notes), image, audio)
+
+
+def piano_roll_image(song, notes, title, lowest_pitch, bpm):
+    """A picture of a song as an (height, width, 4) uint8 RGBA array.
+
+    Grey shows every cell's value; red bars are ``notes`` (pretty_midi notes, as
+    song_to_midi plays them at ``bpm``), darker when louder; blue lines mark the first
+    beat of each measure, as in the paper's figures 14 and 15.
+    """
+    from matplotlib.figure import Figure
+
+    roll = piano_roll(song)
+    measures = roll.shape[1] // STEPS_PER_MEASURE
+    figure = Figure(figsize=(16, 4), dpi=100)
+    axes = figure.add_subplot()
+    strongest = max(float(roll.max()), MIN_THRESHOLD)
+    axes.imshow(
+        roll, origin="lower", aspect="auto", cmap="Greys", vmin=0, vmax=strongest, alpha=0.5, interpolation="nearest"
+    )
+    # The notes as a layer of red cells, one per step they sound: as fast for 100,000 notes as for 10.
+    step = seconds_per_step(bpm)
+    starts = np.round([note.start / step for note in notes]).astype(int)
+    lengths = np.round([(note.end - note.start) / step for note in notes]).astype(int)
+    rows = np.array([note.pitch - lowest_pitch for note in notes], int)
+    layer = np.zeros((*roll.shape, 4), np.float32)
+    layer[..., :3] = (0.8, 0.05, 0.05)
+    for offset in range(int(lengths.max(initial=0))):
+        sounding = (lengths > offset) & (starts + offset < roll.shape[1])
+        layer[rows[sounding], starts[sounding] + offset, 3] = [
+            notes[i].velocity / 127 for i in np.flatnonzero(sounding)
+        ]
+    axes.imshow(layer, origin="lower", aspect="auto", interpolation="nearest")
+    for measure in range(measures + 1):
+        axes.axvline(measure * STEPS_PER_MEASURE - 0.5, color="tab:blue", linewidth=0.8)
+    axes.set_xlim(-0.5, roll.shape[1] - 0.5)
+    axes.set_xticks(np.arange(measures) * STEPS_PER_MEASURE, [str(m + 1) for m in range(measures)])
+    c_rows = [row for row in range(PITCHES) if (lowest_pitch + row) % 12 == 0]
+    axes.set_yticks(c_rows, [f"C{(lowest_pitch + row) // 12 - 1}" for row in c_rows])
+    axes.set_xlabel("measure")
+    axes.set_title(title)
+    return figure_pixels(figure)
+
+
+def figure_pixels(figure):
+    """A matplotlib figure drawn as an (height, width, 4) uint8 RGBA array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba()).copy()
+    figure.clear()  # a figure and its canvas refer to each other: free the drawing now
+    return image

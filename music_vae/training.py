@@ -1,0 +1,289 @@
+"""The train command: one session of a run, from its last recorded epoch to its final songs
+and their evaluation, whatever stops it recorded in its state.
+
+A new run, or one resumed with ``--resume``, runs the same way: its data are read and split,
+its model built (or loaded as its last recorded epoch left it), and ``fit`` trains the
+remaining epochs, EpochEnd recording each one (models, songs, state, page). Then the final
+songs are written and judged. Ctrl-C, a kill, a crash or a full disk leave a run that
+``--resume`` continues as if it had not stopped (see RunFolder.recover).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import sys
+
+from music_vae.audio import Synthesizer
+from music_vae.callbacks import CtrlC, EpochEnd, Speedometer, TensorBoardLog
+from music_vae.dataset import EpochOrder, SongFiles, cache_fits, read_data
+from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
+from music_vae.files import UsageError
+from music_vae.model import (
+    FusedAdam, ModelConfig, build_vae, default_jit, keras, peak_flops, precision, training_flops_per_sample,
+)
+from music_vae.run_folder import RunFolder, environment, now
+from music_vae.run_page import write_run_page
+from music_vae.songs import NoteRule, SongStyle, fixed_latents, write_songs
+
+# Every option of train and its default, in one place: the paper's settings (sections 3.4
+# and 4.1: Adam, learning rate 0.01, batch size 1, the model's sizes), and this program's.
+DEFAULTS = {
+    "data": None,
+    "run_name": "RUN",
+    "run_info": "",
+    "output_dir": "runs",
+    **{field.name: field.default for field in dataclasses.fields(ModelConfig) if field.name != "measures"},
+    "epochs": 10,
+    "batch_size": 1,
+    "lr": 0.01,
+    "validation_split": 0.1,
+    "seed": 0,
+    "cache": False,
+    "precision": "float32",
+    "jit": None,  # where XLA is faster: see model.default_jit
+    "log_every": 100,  # batches between the per-batch TensorBoard points
+    "songs_per_epoch": 3,
+    "songs": 10,
+    "threshold": None,  # each song its own: as many notes as the average training sample
+    "bpm": 120,
+    "audio": True,
+    "soundfont": None,
+}
+# What a resumed run may change: how long and how fast it trains, where its data now are,
+# what it logs and how many songs it writes. The rest would make it another run.
+CHANGEABLE_ON_RESUME = ("data", "epochs", "batch_size", "cache", "jit", "log_every", "songs_per_epoch", "songs")
+# How songs sound is the business of the machine a session runs on (its FluidSynth and
+# SoundFont files): these always follow the command line.
+THIS_MACHINE = ("audio", "soundfont")
+
+
+def train(args):
+    """The train command: a new run, or ``--resume`` of a stopped one. Returns the exit code."""
+    with contextlib.ExitStack() as held:
+        run = state = None
+        if args.resume:
+            run = RunFolder.open(args.resume, trained=False)
+            held.enter_context(run.training())  # before its state is read: no other process changes it now
+            state = run.load_state()
+            args = resumed_args(run, state, args)
+            run.recover(state["epochs_done"])
+        else:
+            args = new_run_args(args)
+        held.enter_context(precision(args.precision))
+        keras.utils.set_random_seed(args.seed)
+        synthesizer = song_synthesizer(args)
+        data = read_data(args.data, args.validation_split, args.seed)
+        jit = default_jit() if args.jit is None else args.jit
+        vae = model_to_train(run, state, args, data, jit)
+        cache = args.cache and cache_fits(len(data.training) + len(data.validation), data.settings.shape)
+        if args.cache and not cache:
+            note = "the samples would take more than half of this machine's memory; reading them from disk"
+            print(f"note: --cache: {note}", file=sys.stderr)
+        batches = dict(batch_size=args.batch_size, shape=data.settings.shape, cache=cache)
+        training = SongFiles(data.training, shuffle=True, seed=args.seed, **batches)
+        validation = SongFiles(data.validation, **batches) if data.validation else None
+        flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
+
+        if run is None:  # made only now, so that a stop while the model and the data get ready leaves no folder
+            run = RunFolder.create(args.output_dir, args.run_name)
+            held.enter_context(run.training())
+            held.callback(run.remove_unless_saved)
+            state = new_state(run, args)
+        state.update(
+            data=data.summary(),
+            model={
+                "parameters": vae.count_params(), "encoder": vae.encoder.count_params(),
+                "decoder": vae.decoder.count_params(),
+            },
+            speed={"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9},
+            environment=environment(),
+            audio=str(synthesizer) if synthesizer else "none (--no-audio)",
+            status="training",
+        )
+        state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
+        run.save(state)
+
+        style = SongStyle(NoteRule(args.threshold, data.mean_notes), args.bpm, data.settings.lowest_pitch, synthesizer)
+        tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
+        epoch_end = EpochEnd(
+            run, state, fixed_latents(args.songs_per_epoch, args.latent, args.seed), style, tensorboard
+        )
+        speedometer = Speedometer(len(data.training), args.batch_size, flops, peak)
+        callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end]
+        if state["epochs_done"] < args.epochs:
+            epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
+        else:
+            epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
+        print(
+            f"Run {run.path}: {len(data.training)} training and {len(data.validation)} validation samples, "
+            f"{state['model']['parameters']:,} parameters, {epochs}; "
+            f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
+        )
+        note_sine_waves(synthesizer)
+        try:
+            if state["epochs_done"] < args.epochs:
+                with CtrlC() as ctrl_c:
+                    vae.fit(
+                        training,
+                        validation_data=validation,
+                        epochs=args.epochs,
+                        initial_epoch=state["epochs_done"],
+                        # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of
+                        # the batches draws from Python's global random state, which a resumed
+                        # run starts afresh.
+                        shuffle=False,
+                        callbacks=[c for c in (*callbacks, ctrl_c) if c],
+                        verbose=1 if sys.stdout.isatty() else 2,
+                    )
+                if ctrl_c.pressed:  # after the last batch: still a request to stop
+                    raise KeyboardInterrupt
+            if epoch_end.stopped:
+                finish(run, state, f"stopped: {epoch_end.stopped}")
+                print(
+                    f"music_generator.py: error: training stopped: {epoch_end.stopped}; the model of epoch "
+                    f"{state['epochs_done']} is kept in {run.model}. Try a lower --lr.",
+                    file=sys.stderr,
+                )
+                return 1
+            written = final_songs(run, state, vae, args, data, style, tensorboard)
+        except KeyboardInterrupt:
+            finish(run, state, f"interrupted after epoch {state['epochs_done']}")
+            resume = f"python music_generator.py train --resume {run.path}"
+            if state["epochs_done"] < args.epochs:
+                print(f"Interrupted. Continue with: {resume}", file=sys.stderr)
+            else:
+                print(f"Interrupted before the final songs and evaluation; write them with: {resume}", file=sys.stderr)
+            return 130
+        except Exception as error:
+            with contextlib.suppress(OSError):  # with a full disk, even this may fail
+                finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
+            if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
+                where = f" ({error.filename})" if error.filename else ""
+                resume = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
+                raise OSError(error.errno, f"{error.strerror or error}{where}; {resume}") from error
+            raise
+        finish(run, state, "finished")
+    print(f"Done: {run.path}")
+    print(f"  songs:       {run.generated / 'midi'} ({len(written)} final songs, and {args.songs_per_epoch} per epoch)")
+    print(f"  page:        {run.page} (open it in a browser: songs to see and hear)")
+    print(f"  info:        {run.info}")
+    print(f"  TensorBoard: tensorboard --logdir {run.logs}")
+    return 0
+
+
+def new_run_args(args):
+    """``args`` of a new run: checked, the options not given set to their DEFAULTS."""
+    if not args.data:
+        raise UsageError("the samples folder is missing: pass --data SAMPLES_DIR (or --resume RUN_DIR)")
+    args = argparse.Namespace(
+        **{**vars(args), **{key: default for key, default in DEFAULTS.items() if getattr(args, key, None) is None}}
+    )
+    RunFolder.check_new(args.output_dir, args.run_name)  # before minutes of reading data, not after
+    return args
+
+
+def resumed_args(run, state, args):
+    """``args`` of a run to resume: the run's own parameters; of the options given on the
+    command line, those that may change replace them, and the others are ignored, each
+    said in a note. ``state`` records the changes."""
+    parameters = {**DEFAULTS, **state["parameters"]}
+    for key in DEFAULTS:
+        given = getattr(args, key, None)
+        if key in THIS_MACHINE:
+            parameters[key] = DEFAULTS[key] if given is None else given
+        elif given is not None and given != parameters[key]:
+            flag = "--" + key.replace("_", "-")
+            if key not in CHANGEABLE_ON_RESUME:
+                print(
+                    f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)",
+                    file=sys.stderr,
+                )
+                continue
+            if key == "epochs" and given < state["epochs_done"]:
+                raise UsageError(
+                    f"{run.path} has done {state['epochs_done']} epochs already; --epochs cannot take them back"
+                )
+            print(f"note: {flag} {given} from now on (the run had {parameters[key]})", file=sys.stderr)
+            parameters[key] = given
+    # A run that did its epochs but was stopped before it finished still owes its final
+    # songs and evaluation: resuming it writes them.
+    if state["epochs_done"] >= parameters["epochs"] and state["status"] == "finished":
+        raise UsageError(f"{run.path} has done its {parameters['epochs']} epochs; pass --epochs N to train it longer")
+    state["parameters"] = parameters
+    return argparse.Namespace(**{**vars(args), **parameters})
+
+
+def new_state(run, args):
+    """The state of a new run: its parameters, and no epoch done."""
+    return {
+        "run": run.path.name, "run_info": args.run_info, "parameters": {key: getattr(args, key) for key in DEFAULTS},
+        "status": "training", "epochs_done": 0, "sessions": [], "history": [],
+    }
+
+
+def model_to_train(run, state, args, data, jit):
+    """The compiled VAE to train: the run's, as its last recorded epoch left it, or a new one
+    for a new run (``run`` None) and for a run stopped before its first epoch ended."""
+    if state and state["epochs_done"] > 0:
+        if not (run.model / "vae.keras").is_file():
+            raise UsageError(f"{run.path} has no model/vae.keras to continue from")
+        vae = keras.saving.load_model(run.model / "vae.keras")
+        optimizer = vae.optimizer
+    else:
+        if state:
+            print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
+        sizes = {
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(ModelConfig)
+            if field.name != "measures"
+        }
+        config = ModelConfig(measures=data.settings.measures, **sizes)
+        vae = build_vae(config, note_density=data.mean_notes / math.prod(data.settings.shape))
+        optimizer = FusedAdam(learning_rate=args.lr)
+    getattr(optimizer, "inner_optimizer", optimizer).fuse = not jit  # inside float16's loss scaling
+    vae.compile(optimizer=optimizer, jit_compile=jit)
+    return vae
+
+
+def final_songs(run, state, vae, args, data, style, tensorboard):
+    """Write the run's final songs and evaluate them against the data (into the run
+    folder, its state and TensorBoard); return the WrittenSongs."""
+    latents = fixed_latents(args.songs, args.latent, args.seed + 1)
+    written = write_songs(vae.decoder, latents, run.generated, "final", style)
+    if written:
+        song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
+        results = evaluate_songs(
+            vae.encoder, vae.decoder, song_paths, data=data.training + data.validation, held_out=data.validation,
+            rule=style.rule, settings=data.settings, seed=args.seed,
+        )
+        results["compared"]["data_folder"] = data.folder
+        state["evaluation"], image = write_evaluation(run.path, results)
+        if tensorboard:
+            tensorboard.evaluation(results, image, state["epochs_done"])
+        print("Evaluation: " + evaluation_table(results))
+    return written
+
+
+def finish(run, state, status):
+    """Record the end of a session: the page first, state.json last, so that a kill between
+    the two leaves the run to be finished by --resume."""
+    state["status"] = status
+    state["sessions"][-1]["ended"] = now()
+    write_run_page(run, state)
+    run.save(state)
+
+
+def song_synthesizer(args):
+    """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
+    installed), or None with ``--no-audio``. Raises UsageError for a bad SoundFont."""
+    if not args.audio:
+        return None
+    return Synthesizer(args.soundfont) if args.soundfont else Synthesizer.best()
+
+
+def note_sine_waves(synthesizer):
+    """Say that the songs will sound like sine waves, once the command is under way (a
+    mistake in its options is reported alone, in one line)."""
+    if synthesizer and not synthesizer.fluidsynth:
+        print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)
