@@ -24,9 +24,11 @@ PROGRESSIONS = {  # scale degrees from 0, one chord per measure
     "minor": [[0, 5, 2, 6], [0, 3, 4, 0], [0, 6, 5, 4], [5, 6, 0, 0], [0, 3, 6, 2]],
 }
 METERS = {  # beats per measure (quarter notes), where chords and bass strike, melody rhythms
-    (4, 4): dict(beats=4, chords=[0, 1, 2, 3], bass=[0, 2], rhythms=[[0, 1, 2, 2.5, 3], [0, 0.5, 1, 2, 3], [0, 1.5, 2, 3, 3.5]]),
+    (4, 4): dict(beats=4, chords=[0, 1, 2, 3], bass=[0, 2],
+                 rhythms=[[0, 1, 2, 2.5, 3], [0, 0.5, 1, 2, 3], [0, 1.5, 2, 3, 3.5]]),
     (3, 4): dict(beats=3, chords=[1, 2], bass=[0], rhythms=[[0, 1, 2], [0, 1, 1.5, 2], [0, 2]]),
-    (6, 8): dict(beats=3, chords=[0, 1.5], bass=[0, 1.5], rhythms=[[0, 1, 1.5, 2.5], [0, 0.5, 1, 1.5], [0, 1.5, 2, 2.5]]),
+    (6, 8): dict(beats=3, chords=[0, 1.5], bass=[0, 1.5],
+                 rhythms=[[0, 1, 1.5, 2.5], [0, 0.5, 1, 1.5], [0, 1.5, 2, 2.5]]),
 }
 SECTIONS = ["intro", "verse", "chorus", "verse", "chorus", "bridge", "chorus", "outro"]
 SECTION_MEASURES = {"intro": 4, "verse": 8, "chorus": 8, "bridge": 4, "outro": 4}
