@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 try:
+    from music_vae.audio import note_sine_waves, song_synthesizer
     from music_vae.dataset import find_samples, read_data
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
     from music_vae.files import ArgumentParser, UsageError, int_between, positive_float, probability, share
@@ -26,7 +27,7 @@ try:
     from music_vae.run_folder import RunFolder, data_settings
     from music_vae.run_page import write_run_page
     from music_vae.songs import NoteRule, SongStyle, fixed_latents, write_songs
-    from music_vae.training import DEFAULTS, note_sine_waves, song_synthesizer, train
+    from music_vae.training import DEFAULTS, train
 except ImportError as error:
     if __name__ != "__main__":
         raise
@@ -68,21 +69,21 @@ def evaluate(args):
     parameters, settings = state["parameters"], data_settings(state)
     song_paths = find_songs(run.generated / "midi", args.songs)
     folder = state["data"]["folder"]
-    data = find_samples(args.data, settings.shape)[0] if args.data else None
+    data_paths = find_samples(args.data, settings.shape)[0] if args.data else None
     held_out = find_samples(args.validation, settings.shape)[0] if args.validation else None
-    if data is None or held_out is None:  # the run's own data, split as in training
+    if data_paths is None or held_out is None:  # the run's own data, split as in training
         if args.data and not Path(folder).is_dir():
             gone = f"the run's data folder {folder} is gone, and with it its validation split"
             raise UsageError(f"{gone}: pass --validation SAMPLES_DIR")
         own = read_data(folder, parameters["validation_split"], parameters["seed"], settings)
-        data = own.training + own.validation if data is None else data
+        data_paths = own.training + own.validation if data_paths is None else data_paths
         held_out = own.validation if held_out is None else held_out
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
     rule = NoteRule(parameters["threshold"], state["data"]["mean_notes"])
     results = evaluate_songs(
-        encoder, decoder, song_paths, data=data, held_out=held_out, rule=rule, settings=settings, samples=args.samples,
-        seed=parameters["seed"],
+        encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, rule=rule, settings=settings,
+        samples=args.samples, seed=parameters["seed"],
     )
     if not results["songs"]:
         raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
@@ -103,7 +104,7 @@ def parse_args(argv=None):
     # defaults are training.DEFAULTS.
     def option(group, flag, help, **kwargs):
         default = DEFAULTS[flag[2:].replace("-", "_")]
-        if default not in (None, False, ""):
+        if default is not None and default is not False and default != "":  # 0 is a default to show
             help += f" (default: {'on' if default is True else default})"
         group.add_argument(flag, default=None, help=help, **kwargs)
 
@@ -225,9 +226,8 @@ def add_song_options(parser, bpm_default):
         "--bpm",
         type=positive_float,
         default=None,
-        help=f"tempo of the MIDI files in quarter notes per minute (default: {bpm_default:g})"
-        if bpm_default
-        else "tempo of the MIDI files (default: the run's)",
+        help="tempo of the MIDI files in quarter notes per minute (default: "
+        + (f"{bpm_default:g})" if bpm_default else "the run's)"),
     )
     add(
         "--audio", action=argparse.BooleanOptionalAction, default=None,

@@ -34,10 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from music_vae.dataset import SongFiles  # noqa: E402
-from music_vae.model import (
-    FusedAdam, ModelConfig, keras, ops, PRECISIONS, build_vae, default_jit, dense_products, fastest, peak_flops,
-    training_flops_per_sample,
-)  # noqa: E402
+from music_vae.model import PRECISIONS, FusedAdam, ModelConfig, build_vae, default_jit, keras, ops  # noqa: E402
+from music_vae.model import dense_products, fastest, peak_flops, training_flops_per_sample  # noqa: E402
 from music_vae.run_folder import environment  # noqa: E402
 from music_vae.samples import MEASURE_SIZE, MEASURES_PER_SAMPLE  # noqa: E402
 

@@ -2,6 +2,7 @@
 where they are installed (a piano), else with pretty_midi's sine waves, and saved as WAV."""
 
 import os
+import sys
 import wave
 from pathlib import Path
 
@@ -131,3 +132,18 @@ def wav_writer(audio, sample_rate=AUDIO_SAMPLE_RATE):
             file.writeframes(pcm.tobytes())
 
     return write
+
+
+def song_synthesizer(args):
+    """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
+    installed), or None with ``--no-audio``. Raises UsageError for a bad SoundFont."""
+    if not args.audio:
+        return None
+    return Synthesizer(args.soundfont) if args.soundfont else Synthesizer.best()
+
+
+def note_sine_waves(synthesizer):
+    """Say that the songs will sound like sine waves, once the command is under way (a
+    mistake in its options is reported alone, in one line)."""
+    if synthesizer and not synthesizer.fluidsynth:
+        print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from music_vae.files import UsageError
 from music_vae.model import keras
-from music_vae.samples import LOWEST_PITCH, SETTINGS_FILE, DataSettings
+from music_vae.samples import SETTINGS_FILE, DataSettings
 
 SEED = 0
 NOTES_SAMPLED = 1000  # training samples read to find the average note count
@@ -181,17 +181,22 @@ def read_data(folder, validation_split, seed, settings=None):
     Raises
     ------
     UsageError
-        The folder is missing, holds no sample, or its settings.json is unreadable.
+        The folder is missing or holds no sample; its settings.json is unreadable, or says
+        the samples are not those ``settings`` describes.
     """
-    if not Path(folder).is_dir():
-        raise UsageError(f"data folder {folder} does not exist")
-    settings = settings or DataSettings.read(folder)
-    paths, malformed = find_samples(folder, (settings or DataSettings()).shape)
-    if settings is None:
-        settings = DataSettings()
+    found = DataSettings.read(folder)  # None where the folder, or its settings.json, is missing
+    if settings and found and (found.lowest_pitch, found.measures) != (settings.lowest_pitch, settings.measures):
+        raise UsageError(
+            f"{folder} holds samples of {found.measures} measures from MIDI note {found.lowest_pitch}, "
+            f"the run's are of {settings.measures} from {settings.lowest_pitch}"
+        )
+    assumed = settings is None and found is None
+    settings = settings or found or DataSettings()
+    paths, malformed = find_samples(folder, settings.shape)
+    if assumed:  # said once the folder proves to hold samples: a mistake there is reported alone
         print(
             f"note: {folder} has no {SETTINGS_FILE} (data_loader.py writes one): its samples are taken to be "
-            f"{settings.measures} measures from MIDI note {LOWEST_PITCH} up",
+            f"{settings.measures} measures from MIDI note {settings.lowest_pitch} up",
             file=sys.stderr,
         )
     for path, problem in malformed[:10]:

@@ -14,17 +14,16 @@ import numpy as np
 
 from music_vae import music_metrics
 from music_vae.dataset import SEED, read_sample, subset
-from music_vae.files import UsageError, atomic_write, png_writer, text_writer
+from music_vae.files import UsageError, atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.model import ops
 from music_vae.samples import SkipFile, midi_to_song
-from music_vae.songs import figure_pixels
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
 EVALUATION_BATCH = 32
 
 
 def evaluate_songs(
-    encoder, decoder, song_paths, *, data, held_out, rule, settings, samples=EVALUATION_SAMPLES, seed=SEED
+    encoder, decoder, song_paths, *, data_paths, held_out, rule, settings, samples=EVALUATION_SAMPLES, seed=SEED
 ):
     """Judge generated MIDI songs against the data, and the model on it.
 
@@ -33,7 +32,7 @@ def evaluate_songs(
     encoder, decoder : keras.Model
     song_paths : list of Path
         Generated MIDI files; each is read back into onsets (what is heard).
-    data : list of Path
+    data_paths : list of Path
         Samples of the data; up to ``samples`` of them, drawn with ``seed``, are used.
     held_out : list of Path
         Samples the model has not trained on, reconstructed for precision and recall.
@@ -56,8 +55,8 @@ def evaluate_songs(
             generated[str(path) if stems[path.stem] > 1 else path.stem] = midi_to_song(path, settings)
         except (SkipFile, OSError) as error:
             print(f"warning: skipped {path}: {error}", file=sys.stderr)
-    data = subset(data, samples, seed)
-    real = [read_sample(path) for path in data]
+    data_paths = subset(data_paths, samples, seed)
+    real = [read_sample(path) for path in data_paths]
     results = music_metrics.compare(generated, real, settings.lowest_pitch)
     z_mean, z_log_var = encode(encoder, real)
     kl = music_metrics.kl_per_dimension(z_mean, z_log_var)
@@ -68,7 +67,7 @@ def evaluate_songs(
     held_out = subset(held_out, samples, seed)
     results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out, rule) if held_out else None
     results["compared"] = {
-        "songs": [str(path) for path in song_paths], "data_samples": len(data), "held_out_samples": len(held_out),
+        "songs": [str(path) for path in song_paths], "data_samples": len(data_paths), "held_out_samples": len(held_out),
     }
     return results
 

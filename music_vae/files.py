@@ -1,4 +1,5 @@
-"""Small shared helpers: files written whole or not at all, user mistakes, command-line types.
+"""Small shared helpers: files written whole or not at all, pictures and quiet stderr for them,
+user mistakes, command-line types.
 
 Every file the project writes goes through ``atomic_write`` (or ``write_part``, whose part
 file the caller moves into place), so that a kill, a crash or a full disk never leaves a
@@ -103,6 +104,19 @@ def npy_writer(array):
             file.write(buffer.getbuffer())
 
     return write
+
+
+def figure_pixels(figure):
+    """A matplotlib figure drawn as an (height, width, 4) uint8 RGBA array."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba()).copy()
+    figure.clear()  # a figure and its canvas refer to each other: free the drawing now
+    return image
 
 
 def png_writer(image):

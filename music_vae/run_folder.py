@@ -2,7 +2,6 @@
 its info file, its models, and the way back to its last recorded epoch after a stop."""
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -228,11 +227,9 @@ def info_text(state):
 
 
 def data_settings(state):
-    """The DataSettings of a run's samples, as its state records them."""
-    data = state["data"]
-    return DataSettings(
-        **{field.name: data[field.name] for field in dataclasses.fields(DataSettings) if field.name in data}
-    )
+    """The DataSettings of a run's samples, as its state records them (runs before
+    ``out_of_range`` was recorded used the converter's default)."""
+    return DataSettings.from_dict({"out_of_range": DataSettings.out_of_range, **state["data"]})
 
 
 def loss_columns(history):

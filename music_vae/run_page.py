@@ -12,9 +12,8 @@ from urllib.parse import quote
 import jinja2
 
 from music_vae.evaluation import feature_rows, summary_rows
-from music_vae.files import atomic_write, png_writer, text_writer
+from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.run_folder import loss_columns, now
-from music_vae.songs import figure_pixels
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
@@ -74,10 +73,10 @@ def loss_curve_image(history):
     epochs = [row["epoch"] for row in history]
     for number, name in enumerate(("loss", "reconstruction", "kl"), start=1):
         axes = figure.add_subplot(1, 3, number)
-        for key, style, label in ((name, "-", "training"), (f"val_{name}", "--", "validation")):
+        for key, line, label in ((name, "-", "training"), (f"val_{name}", "--", "validation")):
             points = [(epoch, row[key]) for epoch, row in zip(epochs, history) if key in row]
             if points:
-                axes.plot(*zip(*points), style, marker="o", markersize=3, label=label)
+                axes.plot(*zip(*points), line, marker="o", markersize=3, label=label)
         axes.set_title(name)
         axes.set_xlabel("epoch")
         axes.legend()

@@ -83,6 +83,20 @@ class DataSettings:
         return (self.measures, MEASURE_SIZE)
 
     @classmethod
+    def from_dict(cls, values):
+        """The settings that ``values``, a dict, holds (other keys aside).
+
+        Raises
+        ------
+        ValueError
+            A setting is missing or out of its range.
+        """
+        names = [field.name for field in dataclasses.fields(cls)]
+        if not isinstance(values, dict) or any(name not in values for name in names):
+            raise ValueError(f"it must hold {', '.join(names)}")
+        return cls(**{name: values[name] for name in names})
+
+    @classmethod
     def read(cls, folder):
         """The settings recorded in ``folder``'s settings.json, or None where it has none.
 
@@ -93,8 +107,7 @@ class DataSettings:
         """
         file = Path(folder) / SETTINGS_FILE
         try:
-            values = json.loads(file.read_text(encoding="utf-8"))
-            return cls(**{field.name: values[field.name] for field in dataclasses.fields(cls) if field.name in values})
+            return cls.from_dict(json.loads(file.read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
         except OSError as error:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from music_vae.audio import wav_writer
-from music_vae.files import atomic_write, npy_writer, png_writer
+from music_vae.files import atomic_write, figure_pixels, npy_writer, png_writer
 from music_vae.model import ops
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, piano_roll, seconds_per_step, song_seconds, song_to_midi
 
@@ -152,15 +152,3 @@ def piano_roll_image(song, notes, title, lowest_pitch, bpm):
     axes.set_xlabel("measure")
     axes.set_title(title)
     return figure_pixels(figure)
-
-
-def figure_pixels(figure):
-    """A matplotlib figure drawn as an (height, width, 4) uint8 RGBA array."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba()).copy()
-    figure.clear()  # a figure and its canvas refer to each other: free the drawing now
-    return image

@@ -14,16 +14,17 @@ import dataclasses
 import math
 import sys
 
-from music_vae.audio import Synthesizer
+from music_vae.audio import note_sine_waves, song_synthesizer
 from music_vae.callbacks import CtrlC, EpochEnd, Speedometer, TensorBoardLog
-from music_vae.dataset import EpochOrder, SongFiles, cache_fits, read_data
+from music_vae.dataset import SEED, EpochOrder, SongFiles, cache_fits, read_data
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
 from music_vae.files import UsageError
 from music_vae.model import (
     FusedAdam, ModelConfig, build_vae, default_jit, keras, peak_flops, precision, training_flops_per_sample,
 )
-from music_vae.run_folder import RunFolder, environment, now
+from music_vae.run_folder import RunFolder, data_settings, environment, now
 from music_vae.run_page import write_run_page
+from music_vae.samples import DEFAULT_BPM
 from music_vae.songs import NoteRule, SongStyle, fixed_latents, write_songs
 
 # Every option of train and its default, in one place: the paper's settings (sections 3.4
@@ -38,7 +39,7 @@ DEFAULTS = {
     "batch_size": 1,
     "lr": 0.01,
     "validation_split": 0.1,
-    "seed": 0,
+    "seed": SEED,
     "cache": False,
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
@@ -46,7 +47,7 @@ DEFAULTS = {
     "songs_per_epoch": 3,
     "songs": 10,
     "threshold": None,  # each song its own: as many notes as the average training sample
-    "bpm": 120,
+    "bpm": DEFAULT_BPM,
     "audio": True,
     "soundfont": None,
 }
@@ -73,7 +74,7 @@ def train(args):
         held.enter_context(precision(args.precision))
         keras.utils.set_random_seed(args.seed)
         synthesizer = song_synthesizer(args)
-        data = read_data(args.data, args.validation_split, args.seed)
+        data = read_data(args.data, args.validation_split, args.seed, data_settings(state) if state else None)
         jit = default_jit() if args.jit is None else args.jit
         vae = model_to_train(run, state, args, data, jit)
         cache = args.cache and cache_fits(len(data.training) + len(data.validation), data.settings.shape)
@@ -184,32 +185,32 @@ def new_run_args(args):
 
 
 def resumed_args(run, state, args):
-    """``args`` of a run to resume: the run's own parameters; of the options given on the
-    command line, those that may change replace them, and the others are ignored, each
-    said in a note. ``state`` records the changes."""
+    """``args`` of a run to resume: the run's own parameters. Of the options given on the
+    command line, those that may change replace them and the others are ignored, and how
+    the songs sound follows the command line; a note says each. ``state`` records the changes."""
     parameters = {**DEFAULTS, **state["parameters"]}
+    notes = []
     for key in DEFAULTS:
         given = getattr(args, key, None)
-        if key in THIS_MACHINE:
-            parameters[key] = DEFAULTS[key] if given is None else given
-        elif given is not None and given != parameters[key]:
-            flag = "--" + key.replace("_", "-")
-            if key not in CHANGEABLE_ON_RESUME:
-                print(
-                    f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)",
-                    file=sys.stderr,
-                )
-                continue
-            if key == "epochs" and given < state["epochs_done"]:
-                raise UsageError(
-                    f"{run.path} has done {state['epochs_done']} epochs already; --epochs cannot take them back"
-                )
-            print(f"note: {flag} {given} from now on (the run had {parameters[key]})", file=sys.stderr)
+        if key in THIS_MACHINE and given is None:
+            given = DEFAULTS[key]
+        if given is None or given == parameters[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in CHANGEABLE_ON_RESUME or key in THIS_MACHINE:
+            notes.append(f"note: {flag} {given} from now on (the run had {parameters[key]})")
             parameters[key] = given
+        else:
+            notes.append(f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)")
+    done = state["epochs_done"]
+    if parameters["epochs"] < done:
+        raise UsageError(f"{run.path} has done {done} epochs already; --epochs cannot take them back")
     # A run that did its epochs but was stopped before it finished still owes its final
     # songs and evaluation: resuming it writes them.
-    if state["epochs_done"] >= parameters["epochs"] and state["status"] == "finished":
+    if done >= parameters["epochs"] and state["status"] == "finished":
         raise UsageError(f"{run.path} has done its {parameters['epochs']} epochs; pass --epochs N to train it longer")
+    for note in notes:
+        print(note, file=sys.stderr)
     state["parameters"] = parameters
     return argparse.Namespace(**{**vars(args), **parameters})
 
@@ -254,7 +255,7 @@ def final_songs(run, state, vae, args, data, style, tensorboard):
     if written:
         song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
         results = evaluate_songs(
-            vae.encoder, vae.decoder, song_paths, data=data.training + data.validation, held_out=data.validation,
+            vae.encoder, vae.decoder, song_paths, data_paths=data.training + data.validation, held_out=data.validation,
             rule=style.rule, settings=data.settings, seed=args.seed,
         )
         results["compared"]["data_folder"] = data.folder
@@ -272,18 +273,3 @@ def finish(run, state, status):
     state["sessions"][-1]["ended"] = now()
     write_run_page(run, state)
     run.save(state)
-
-
-def song_synthesizer(args):
-    """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
-    installed), or None with ``--no-audio``. Raises UsageError for a bad SoundFont."""
-    if not args.audio:
-        return None
-    return Synthesizer(args.soundfont) if args.soundfont else Synthesizer.best()
-
-
-def note_sine_waves(synthesizer):
-    """Say that the songs will sound like sine waves, once the command is under way (a
-    mistake in its options is reported alone, in one line)."""
-    if synthesizer and not synthesizer.fluidsynth:
-        print(f"note: the songs' WAV files are rendered with {synthesizer}", file=sys.stderr)

@@ -19,7 +19,8 @@ import music_generator as mg
 from music_vae import callbacks
 from music_vae.audio import HIDE_FLUIDSYNTH, has_fluidsynth
 from music_vae.dataset import SongFiles, split_samples
-from music_vae.model import VAE, ModelConfig, build_encoder, build_vae, precision, training_flops_per_sample
+from music_vae.samples import DataSettings
+from music_vae.model import VAE, FusedAdam, ModelConfig, build_encoder, build_vae, precision, training_flops_per_sample
 from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_latents, save_song, strongest_cells, write_songs
 from test_data_loader import REPO, VGMIDI, needs_vgmidi
 
@@ -141,6 +142,16 @@ def test_loss_is_summed_squared_error_plus_summed_kl_averaged_over_the_batch():
     assert float(bce.compute_loss(x=songs, y_pred=(reconstructed, z_mean, z_log_var))) == pytest.approx(
         expected + kl, rel=1e-4
     )
+
+
+def test_a_model_saved_before_the_code_moved_into_music_vae_still_loads():
+    """tests/fixtures/vae_saved_before_music_vae.keras is a tiny VAE (sizes 2, 2, 2, 2) trained
+    one epoch and saved by music_generator.py of commit c898596, before its classes moved into
+    music_vae/model.py: their registered names stay, and so runs of then still load."""
+    vae = keras.saving.load_model(REPO / "tests" / "fixtures" / "vae_saved_before_music_vae.keras", safe_mode=True)
+    assert isinstance(vae, VAE) and isinstance(vae.optimizer, FusedAdam) and int(vae.optimizer.iterations) == 2
+    song = keras.ops.convert_to_numpy(vae.decoder(np.zeros((1, 2), np.float32)))
+    np.testing.assert_allclose(song[0, 0, :3], [0.002004, 0.00199601, 0.00199601], rtol=1e-4)  # as it decoded then
 
 
 def test_strongest_cells_keeps_exactly_that_many_notes_even_where_values_tie(tmp_path):
@@ -274,6 +285,12 @@ def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path, ca
         2, 0.001, 3,
     )
     assert mg.main(["train", "--resume", str(run), "--epochs", "2"]) == 2  # done epochs stay done
+    other = make_samples(tmp_path / "other", 4)
+    DataSettings(lowest_pitch=20).write(other)
+    capsys.readouterr()
+    # Samples of another pitch window are not the run's to train on.
+    assert mg.main(["train", "--resume", str(run), "--epochs", "4", "--data", str(other)]) == 2
+    assert "holds samples of 16 measures from MIDI note 20, the run's are of 16 from 16" in capsys.readouterr().err
     assert [session["from_epoch"] for session in state["sessions"]] == [0, 1]
     # 11 training samples: 3 batches of 4 in epoch 1, then 6 of 2 in epochs 2 and 3
     assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 3 + 6 + 6
