@@ -71,19 +71,21 @@ def evaluate(args):
     folder = state["data"]["folder"]
     data_paths = find_samples(args.data, settings.shape)[0] if args.data else None
     held_out = find_samples(args.validation, settings.shape)[0] if args.validation else None
-    if data_paths is None or held_out is None:  # the run's own data, split as in training
+    training = None  # where the run's data folder is gone, the table says that no song was compared with them
+    if data_paths is None or held_out is None or Path(folder).is_dir():  # the run's own data, split as in training
         if args.data and not Path(folder).is_dir():
             gone = f"the run's data folder {folder} is gone, and with it its validation split"
             raise UsageError(f"{gone}: pass --validation SAMPLES_DIR")
         own = read_data(folder, parameters["validation_split"], parameters["seed"], settings)
         data_paths = own.training + own.validation if data_paths is None else data_paths
         held_out = own.validation if held_out is None else held_out
+        training = own.training
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
     rule = NoteRule(parameters["threshold"], state["data"]["mean_notes"])
     results = evaluate_songs(
-        encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, rule=rule, settings=settings,
-        samples=args.samples, seed=parameters["seed"],
+        encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training, rule=rule,
+        settings=settings, samples=args.samples, seed=parameters["seed"],
     )
     if not results["songs"]:
         raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
@@ -188,9 +190,9 @@ def parse_args(argv=None):
     evaluate_parser = commands.add_parser(
         "evaluate",
         help="judge a run's songs and model against the data",
-        description="Compare a run's generated songs with the data (music features, their overlap, diversity), "
-        "count the model's active latent units and score its reconstructions; writes RUN_DIR/evaluation.json "
-        "and evaluation.png.",
+        description="Compare a run's generated songs with the data (music features, their overlap, diversity) "
+        "and with the nearest of its training samples (originality), count the model's active latent units and "
+        "score its reconstructions; writes RUN_DIR/evaluation.json and evaluation.png.",
     )
     add = evaluate_parser.add_argument
     add("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")

@@ -20,10 +20,12 @@ from music_vae.samples import SkipFile, midi_to_song
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
 EVALUATION_BATCH = 32
+TRAINING_CHUNK = 256  # training samples read at a time to find each song's nearest: 38 MB as uint8
 
 
 def evaluate_songs(
-    encoder, decoder, song_paths, *, data_paths, held_out, rule, settings, samples=EVALUATION_SAMPLES, seed=SEED
+    encoder, decoder, song_paths, *, data_paths, held_out, training, rule, settings, samples=EVALUATION_SAMPLES,
+    seed=SEED,
 ):
     """Judge generated MIDI songs against the data, and the model on it.
 
@@ -36,6 +38,9 @@ def evaluate_songs(
         Samples of the data; up to ``samples`` of them, drawn with ``seed``, are used.
     held_out : list of Path
         Samples the model has not trained on, reconstructed for precision and recall.
+    training : list of Path or None
+        The samples the model trained on, every one searched for each song's nearest
+        (originality); None where they are not known.
     rule : NoteRule
         The run's rule for which cells of a decoded song are notes.
     settings : DataSettings
@@ -46,7 +51,8 @@ def evaluate_songs(
     dict
         music_metrics.compare's results, plus ``latent`` (active units, KL per
         dimension and their sum, in nats), ``reconstruction`` (precision, recall, F1;
-        None without held-out samples) and what was compared.
+        None without held-out samples), ``originality`` (see originality; None
+        without ``training``) and what was compared.
     """
     generated = {}
     stems = collections.Counter(path.stem for path in song_paths)
@@ -65,7 +71,9 @@ def evaluate_songs(
         "kl_per_song": round(float(np.sum(kl)), 4), "kl_per_dimension": [round(float(value), 5) for value in kl],
     }
     held_out = subset(held_out, samples, seed)
-    results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out, rule) if held_out else None
+    held_out_songs = [read_sample(path) for path in held_out]
+    results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out_songs, rule) if held_out else None
+    results["originality"] = originality(generated, held_out_songs, training) if training else None
     results["compared"] = {
         "songs": [str(path) for path in song_paths], "data_samples": len(data_paths), "held_out_samples": len(held_out),
     }
@@ -84,21 +92,73 @@ def encode(encoder, songs):
     return np.concatenate(means or [np.zeros((0, latent))]), np.concatenate(log_variances or [np.zeros((0, latent))])
 
 
-def reconstruction_scores(encoder, decoder, paths, rule):
-    """Onset precision, recall and F1 of the decoded z_mean of each sample in ``paths``,
-    with its notes picked as the run picks a song's notes."""
+def reconstruction_scores(encoder, decoder, songs, rule):
+    """Onset precision, recall and F1 of the decoded z_mean of each of ``songs``, with its
+    notes picked as the run picks a song's notes."""
     correct = true_notes = predicted_notes = 0
-    for start in range(0, len(paths), EVALUATION_BATCH):
-        songs = [read_sample(path) for path in paths[start : start + EVALUATION_BATCH]]
-        z_mean, _ = encode(encoder, songs)
+    for start in range(0, len(songs), EVALUATION_BATCH):
+        batch = songs[start : start + EVALUATION_BATCH]
+        z_mean, _ = encode(encoder, batch)
         decoded = ops.convert_to_numpy(decoder(ops.convert_to_tensor(z_mean), training=False))
-        for song, values in zip(songs, decoded):
+        for song, values in zip(batch, decoded):
             kept, song_threshold = rule.apply(values)
             predicted = kept >= song_threshold
             correct += np.count_nonzero(predicted & (song != 0))
             true_notes += np.count_nonzero(song)
             predicted_notes += np.count_nonzero(predicted)
-    return {**music_metrics.scores_of_counts(correct, true_notes, predicted_notes), "samples": len(paths)}
+    return {**music_metrics.scores_of_counts(correct, true_notes, predicted_notes), "samples": len(songs)}
+
+
+def originality(generated, held_out_songs, training):
+    """How near each generated song comes to a song it was trained on: the Jaccard index of
+    its nearest training sample, and the same for held-out songs, which no model has seen,
+    as the reference (real songs of one collection share some notes too).
+
+    Parameters
+    ----------
+    generated : dict
+        Song name -> (measures, 9216) onsets.
+    held_out_songs : list of np.ndarray
+        Samples training never saw; up to DIVERSITY_SONGS of them are searched for.
+    training : list of Path
+        Every training sample, read TRAINING_CHUNK at a time.
+
+    Returns
+    -------
+    dict
+        ``songs`` (name -> {"jaccard", "nearest": the training sample's file name}),
+        ``generated`` and ``held_out`` (music_metrics.copy_summary of each, or None), and
+        ``training_samples`` searched.
+    """
+    reference = held_out_songs[: music_metrics.DIVERSITY_SONGS]
+    rows = [*generated.values(), *reference]
+    if not rows:
+        return None
+    readable = []
+
+    def chunks():
+        for start in range(0, len(training), TRAINING_CHUNK):
+            chunk = []
+            for path in training[start : start + TRAINING_CHUNK]:
+                try:
+                    chunk.append(read_sample(path))
+                    readable.append(path)
+                except (OSError, ValueError) as error:  # gone since training began: it cannot be copied either
+                    print(f"warning: skipped {path}: {error}", file=sys.stderr)
+            if chunk:
+                yield np.stack(chunk)
+
+    jaccard, nearest = music_metrics.nearest_copies(np.stack(rows), chunks())
+    ours = jaccard[: len(generated)]
+    return {
+        "songs": {
+            name: {"jaccard": round(float(value), 4), "nearest": Path(readable[index]).name if index >= 0 else None}
+            for name, value, index in zip(generated, ours, nearest)
+        },
+        "generated": music_metrics.copy_summary(ours),
+        "held_out": music_metrics.copy_summary(jaccard[len(generated) :]),
+        "training_samples": len(readable),
+    }
 
 
 def evaluation_image(results):
@@ -106,9 +166,9 @@ def evaluation_image(results):
     overlap, and the KL of each latent dimension, as an RGBA uint8 picture."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(16, 7), dpi=100)
+    figure = Figure(figsize=(20, 7), dpi=100)
     for number, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
-        axes = figure.add_subplot(2, 4, number)
+        axes = figure.add_subplot(2, 5, number)
         real = np.array(results["data_features"][feature], np.float64)
         ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
         real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
@@ -122,7 +182,7 @@ def evaluation_image(results):
         axes.set_yticks([])
         if number == 1:
             axes.legend(fontsize=8)
-    axes = figure.add_subplot(2, 4, 8)
+    axes = figure.add_subplot(2, 5, 10)
     latent = results["latent"]
     kl = np.sort(latent["kl_per_dimension"])[::-1]
     axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
@@ -172,6 +232,8 @@ def feature_rows(results):
     """The features as (label, generated mean ± sd, data mean ± sd, overlap) rows of text."""
     rows = []
     for feature, (label, _) in music_metrics.FEATURES.items():
+        if feature not in results["features"]:  # an evaluation.json of an earlier version
+            continue
         values = results["features"][feature]
         generated = f"{_number(values['generated_mean'])} ± {_number(values['generated_sd'])}"
         data = f"{_number(values['data_mean'])} ± {_number(values['data_sd'])}"
@@ -204,6 +266,25 @@ def summary_rows(results):
         rows.append((f"reconstruction of {scores['samples']} held-out samples", ", ".join(values)))
     else:
         rows.append(("reconstruction", "no held-out samples"))
+    originality = results.get("originality")  # None, or absent from an evaluation.json of an earlier version
+    if originality and originality["generated"]:
+        ours, theirs = originality["generated"], originality["held_out"]
+
+        def beside(text):  # the held-out songs' figure, the reference
+            return f"{text(ours)} (held-out songs: {text(theirs)})" if theirs else text(ours)
+
+        rows += [
+            (
+                f"songs near a copy of a training sample (Jaccard >= {music_metrics.COPY_JACCARD})",
+                beside(lambda copies: f"{copies['copies']} of {copies['songs']}"),
+            ),
+            (
+                f"nearest of {originality['training_samples']} training samples, Jaccard mean / max",
+                beside(lambda copies: f"{_number(copies['mean'])} / {_number(copies['max'])}"),
+            ),
+        ]
+    else:
+        rows.append(("originality", "the training samples were not at hand"))
     return rows
 
 
@@ -219,13 +300,17 @@ def evaluation_table(results):
     lines.append("")
     lines += [f"  {label:54} {value}" for label, value in summary_rows(results)]
     if results["songs"]:
+        nearest = (results.get("originality") or {}).get("songs", {})
         width = max(len(name) for name in results["songs"]) + 2
         lines += [
             "",
-            "  " + "song".ljust(width) + "".join(f"{short:>9}" for _, short in music_metrics.FEATURES.values()),
+            "  " + "song".ljust(width) + "".join(f"{short:>9}" for _, short in music_metrics.FEATURES.values())
+            + ("  nearest training sample (Jaccard)" if nearest else ""),
         ]
         for name, values in results["songs"].items():
             cells = "".join(f"{_number(values[feature]):>9}" for feature in music_metrics.FEATURES)
+            if name in nearest:
+                cells += f"  {nearest[name]['nearest']} ({_number(nearest[name]['jaccard'])})"
             lines.append("  " + name.ljust(width) + cells)
     return "\n".join(lines)
 
@@ -240,6 +325,9 @@ def evaluation_scalars(results):
     scalars["songs_in_range"] = results["in_range"]["songs"] / max(results["in_range"]["of"], 1)
     for key in ("precision", "recall", "f1"):
         scalars[f"reconstruction_{key}"] = (results["reconstruction"] or {}).get(key)
+    copies = (results.get("originality") or {}).get("generated")
+    if copies:
+        scalars.update(nearest_training_jaccard=copies["mean"], near_copy_share=copies["copies"] / copies["songs"])
     return {name: float(value) for name, value in scalars.items() if value is not None}
 
 

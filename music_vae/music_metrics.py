@@ -12,6 +12,12 @@ Applications, 2018), applied to the distributions of each feature's values (they
 to distances between songs as well): the area shared by the two Gaussian kernel
 densities (Scott's bandwidth, as scipy's ``gaussian_kde``), 1 where they are the same, 0
 where they share nothing.
+
+Scale and groove consistency are MusPy's (Dong et al., ISMIR 2020 late-breaking demo),
+computed here on the onsets: the share of notes in the song's best-fitting major or minor
+scale, and one minus the mean share of the 96 step positions whose onset differs between
+neighbouring measures. Originality is the Jaccard index of a song and its nearest training
+sample: 1 for a copy.
 """
 
 import numpy as np
@@ -22,6 +28,11 @@ SIXTEENTH_STEPS = STEPS_PER_MEASURE // 16  # 6 steps: one sixteenth note in 4/4
 REPEAT_JACCARD = 0.8  # two measures whose onsets overlap this much count as a repeat
 ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is above this carries information
 DIVERSITY_SONGS = 200  # real songs compared pair by pair: 20,000 pairs, 120 MB of cells
+COPY_JACCARD = 0.5  # a song that shares this much with a training sample is (near) a copy of it
+MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], bool)  # pitch classes from the root
+MINOR_SCALE = np.roll(MAJOR_SCALE, -9)  # natural minor: the major scale from its sixth degree
+# The 24 major and minor scales as a (24, 12) 0/1 matrix: row r's pitch classes.
+SCALES = np.array([np.roll(scale, root) for scale in (MAJOR_SCALE, MINOR_SCALE) for root in range(12)], np.float64)
 
 # The per-song features: name -> (label with its unit, short column heading).
 FEATURES = {
@@ -31,6 +42,8 @@ FEATURES = {
     "polyphony": ("polyphony (onsets per onset step)", "poly"),
     "sixteenth_grid": ("onsets on the 16th-note grid (share)", "grid16"),
     "repeated_measures": ("repeated measure pairs (share)", "repeats"),
+    "scale_consistency": ("notes in the best major/minor scale (share)", "scale"),
+    "groove_consistency": ("groove consistency (1 - onset change)", "groove"),
 }
 
 
@@ -46,8 +59,60 @@ def jaccard_matrix(rows):
     rows = (np.asarray(rows) != 0).astype(np.float32)
     shared = rows @ rows.T  # exact: counts stay far below float32's 2**24
     sizes = np.diag(shared)
-    union = sizes[:, None] + sizes[None, :] - shared
-    return np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
+    return _jaccard(shared, sizes, sizes)
+
+
+def _jaccard(shared, sizes, other_sizes):
+    """Jaccard indices from the (n, m) counts of shared cells and the sets' sizes."""
+    union = sizes[:, None] + other_sizes[None, :] - shared
+    return np.divide(shared, union, out=np.ones_like(shared, np.float64), where=union > 0)
+
+
+def nearest_copies(songs, references):
+    """For every song, the Jaccard index of the reference song it shares most with, and
+    that one's position among the references.
+
+    Parameters
+    ----------
+    songs : array_like
+        (n, ...) onsets; each song is taken as one flat set of cells.
+    references : iterable of array_like
+        Chunks of (m_i, ...) reference songs (a training set, read a chunk at a time).
+
+    Returns
+    -------
+    jaccard : np.ndarray
+        (n,) float64; 0 where there is no reference.
+    nearest : np.ndarray
+        (n,) int64 positions in the references taken in order; -1 where there is none.
+    """
+    songs = np.asarray(songs).reshape(len(songs), -1) != 0
+    best, nearest = np.zeros(len(songs)), np.full(len(songs), -1, np.int64)
+    # Only the cells where some song has a note can be shared: a few thousand of 147,456.
+    cells = np.flatnonzero(songs.any(axis=0))
+    ours, sizes = songs[:, cells].astype(np.float32), songs.sum(axis=1).astype(np.float32)
+    seen = 0
+    for chunk in references:
+        chunk = np.asarray(chunk).reshape(len(chunk), -1) != 0
+        shared = ours @ chunk[:, cells].astype(np.float32).T
+        jaccard = _jaccard(shared, sizes, chunk.sum(axis=1).astype(np.float32))
+        better = jaccard.max(axis=1, initial=0) > best
+        best[better] = jaccard.max(axis=1, initial=0)[better]
+        nearest[better] = seen + jaccard.argmax(axis=1)[better]
+        seen += len(chunk)
+    return best, nearest
+
+
+def copy_summary(jaccard):
+    """Mean and highest Jaccard index of songs with their nearest training sample, and the
+    number of songs at COPY_JACCARD or more (near copies); None for no song."""
+    jaccard = np.asarray(jaccard, np.float64)
+    if not len(jaccard):
+        return None
+    return {
+        "mean": float(jaccard.mean()), "max": float(jaccard.max()),
+        "copies": int(np.count_nonzero(jaccard >= COPY_JACCARD)), "songs": len(jaccard),
+    }
 
 
 def song_features(song, lowest_pitch=LOWEST_PITCH):
@@ -63,8 +128,8 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
     Returns
     -------
     dict
-        Pitch range, pitch-class entropy, polyphony and the 16th-grid share are NaN for a
-        silent song, which has none. Repeated measure pairs are the share of the song's
+        Pitch range, pitch-class entropy, polyphony, the 16th-grid share, scale and groove
+        consistency are NaN for a silent song, which has none. Repeated measure pairs are the share of the song's
         pairs of measures whose onsets have a Jaccard index of at least REPEAT_JACCARD
         (two silent measures repeat each other).
     """
@@ -77,17 +142,21 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
         "empty_measures": float(measures - np.count_nonzero(cells.any(axis=(1, 2)))),
         "repeated_measures": float(np.mean(pairs >= REPEAT_JACCARD)) if len(pairs) else float("nan"),
         "pitch_range": float("nan"), "pitch_class_entropy": float("nan"), "polyphony": float("nan"),
-        "sixteenth_grid": float("nan"),
+        "sixteenth_grid": float("nan"), "scale_consistency": float("nan"), "groove_consistency": float("nan"),
     }
     if len(rows):
-        classes = np.bincount((rows + lowest_pitch) % 12, minlength=12) / len(rows)
-        classes = classes[classes > 0]
+        class_shares = np.bincount((rows + lowest_pitch) % 12, minlength=12) / len(rows)
+        classes = class_shares[class_shares > 0]
         onset_steps = np.unique(measure_index * STEPS_PER_MEASURE + steps)
+        positions = cells.any(axis=1)  # (measures, steps): where each measure has an onset
+        changes = np.count_nonzero(positions[1:] != positions[:-1]) / (STEPS_PER_MEASURE * (measures - 1))
         features.update(
             pitch_range=float(rows.max() - rows.min()),
             pitch_class_entropy=float(-(classes * np.log2(classes)).sum() + 0.0),  # + 0.0: no -0.0
             polyphony=len(rows) / len(onset_steps),
             sixteenth_grid=float(np.mean(steps % SIXTEENTH_STEPS == 0)),
+            scale_consistency=float(np.max(SCALES @ class_shares)),
+            groove_consistency=1 - changes if measures > 1 else float("nan"),
         )
     return features
 

@@ -256,7 +256,7 @@ def final_songs(run, state, vae, args, data, style, tensorboard):
         song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
         results = evaluate_songs(
             vae.encoder, vae.decoder, song_paths, data_paths=data.training + data.validation, held_out=data.validation,
-            rule=style.rule, settings=data.settings, seed=args.seed,
+            training=data.training, rule=style.rule, settings=data.settings, seed=args.seed,
         )
         results["compared"]["data_folder"] = data.folder
         state["evaluation"], image = write_evaluation(run.path, results)

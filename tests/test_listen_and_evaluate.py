@@ -165,6 +165,36 @@ def test_features_of_a_song_built_by_hand():
     assert features["sixteenth_grid"] == 0.5
     # 8 equal measures give 28 repeated pairs, 8 empty ones 28 more, of 120 pairs.
     assert features["repeated_measures"] == pytest.approx(56 / 120)
+    assert features["scale_consistency"] == 1  # C and G: in C major (and 11 more scales)
+    # The onset positions {0, 3} change only from measure 8 to 9: 2 of 96 positions, once in 15 pairs.
+    assert features["groove_consistency"] == pytest.approx(1 - 2 / (96 * 15))
+
+
+def test_scale_consistency_is_the_share_in_the_best_major_or_minor_scale():
+    song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+    song[0, np.arange(60, 72) - LOWEST_PITCH, np.arange(12) * 8] = 1  # all 12 pitch classes, once each
+    assert mm.song_features(song.reshape(16, -1))["scale_consistency"] == pytest.approx(7 / 12)
+    song[1, [69 - LOWEST_PITCH, 71 - LOWEST_PITCH, 72 - LOWEST_PITCH], 0] = 1  # A, B, C: 3 more in A minor
+    song[2, [61 - LOWEST_PITCH], 0] = 1  # and C#, which is not
+    assert mm.song_features(song.reshape(16, -1))["scale_consistency"] == pytest.approx(10 / 16)
+    silent = mm.song_features(np.zeros((16, MEASURE_SIZE)))
+    assert math.isnan(silent["scale_consistency"]) and math.isnan(silent["groove_consistency"])
+
+
+def test_the_nearest_training_song_is_found_across_chunks():
+    rng = np.random.default_rng(5)
+    training = (rng.random((9, 16, MEASURE_SIZE)) < 0.002).astype(np.uint8)
+    copy = training[7].copy()
+    half = training[2].copy()
+    half[half.nonzero()[0][1::2], half.nonzero()[1][1::2]] = 0  # half of its notes: Jaccard 0.5 or just over
+    unlike = np.roll(melody(), 1, axis=1)
+    jaccard, nearest = mm.nearest_copies(np.stack([copy, half, unlike]), [training[:4], training[4:8], training[8:]])
+    assert jaccard[0] == 1 and nearest[0] == 7
+    assert nearest[1] == 2 and jaccard[1] == pytest.approx(np.count_nonzero(half) / np.count_nonzero(training[2]))
+    assert jaccard[2] == 0
+    summary = mm.copy_summary(jaccard)
+    assert summary["copies"] == 2 and summary["max"] == 1 and summary["songs"] == 3
+    assert mm.nearest_copies(np.stack([copy]), [])[1][0] == -1 and mm.copy_summary([]) is None
 
 
 def test_identical_songs_have_diversity_0_and_one_measure_throughout_repeats_fully():
@@ -379,7 +409,7 @@ def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_secon
     assert [value for _, value in train_events["epoch_learning_rate"]] == pytest.approx([0.001, 0.001])
     assert all(value > 0 for _, value in train_events["epoch_samples_per_s"])
     evaluation = tensorboard_events(run / "logs" / "evaluation")
-    for tag in ("mean_overlap", "diversity", "active_units", "kl_per_song", "reconstruction_f1"):
+    for tag in ("mean_overlap", "diversity", "active_units", "kl_per_song", "reconstruction_f1", "near_copy_share"):
         assert [step for step, _ in evaluation[f"evaluation/{tag}"]] == [2]
 
 
@@ -398,6 +428,11 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
     assert scores["predicted_notes"] == round(json.loads((run / "state.json").read_text())["data"]["mean_notes"])
     info = next(run.glob("*_info.txt")).read_text()
     assert "Evaluation (the latest" in info and "mean overlap with the data" in info and "KL per song" in info
+    assert "near a copy of a training sample" in info
+    originality = results["originality"]
+    assert sorted(originality["songs"]) == sorted(results["songs"])
+    assert originality["training_samples"] == json.loads((run / "state.json").read_text())["data"]["training"]
+    assert originality["generated"]["songs"] == 3 and originality["held_out"]["songs"] == 1
     assert (run / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -423,6 +458,21 @@ def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
     assert sorted(results["songs"]) == ["epoch001_song01", "epoch001_song02"]
     assert results["compared"]["data_samples"] == 5 and results["reconstruction"]["samples"] == 3
     assert "Evaluation" in (run / "index.html").read_text()
+
+
+def test_a_song_that_replays_a_training_sample_is_judged_a_copy_of_it(run, tmp_path):
+    run = own_copy(run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    data = read_data(state["data"]["folder"], state["parameters"]["validation_split"], state["parameters"]["seed"])
+    replayed = data.training[1]
+    song_to_midi(np.load(replayed)).write(str(run / "generated" / "midi" / "replay_song01.mid"))
+    result = run_cli("evaluate", "--run", run, "--songs", "*_song01.mid")
+    assert result.returncode == 0, result.stderr
+    originality = json.loads((run / "evaluation.json").read_text())["originality"]
+    assert originality["songs"]["replay_song01"] == {"jaccard": 1.0, "nearest": replayed.name}
+    assert originality["generated"]["copies"] == 1  # and not the three songs of the model
+    assert "1 of 4" in result.stdout and f"{replayed.name} (1.00)" in result.stdout
+    assert "near a copy" in (run / "index.html").read_text()
 
 
 def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, tmp_path):
