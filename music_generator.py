@@ -22,12 +22,16 @@ try:
     from music_vae.audio import note_sine_waves, song_synthesizer
     from music_vae.dataset import find_samples, read_data
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
-    from music_vae.files import ArgumentParser, UsageError, int_between, positive_float, probability, share
+    from music_vae.files import (
+        ArgumentParser, UsageError, int_between, non_negative_float, positive_float, probability, share,
+    )
+    from music_vae.latent import fit_density
     from music_vae.model import PRECISIONS, keras
     from music_vae.run_folder import RunFolder, data_settings
     from music_vae.run_page import write_run_page
-    from music_vae.songs import NoteRule, SongStyle, fixed_latents, write_songs
-    from music_vae.training import DEFAULTS, train
+    from music_vae.samples import PITCHES
+    from music_vae.songs import NoteRule, SongStyle, fitted_rule, fixed_noise, write_songs
+    from music_vae.training import DEFAULTS, run_parameters, train
 except ImportError as error:
     if __name__ != "__main__":
         raise
@@ -46,15 +50,15 @@ def generate(args):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot write to {folder}: {error.strerror or error}") from None
-    parameters = state["parameters"]
+    song_options = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
+    parameters = run_parameters(state)
+    parameters.update({key: getattr(args, key) for key in song_options if getattr(args, key) is not None})
+    density, rule = song_source(run, state, parameters, decoder)
     synthesizer = song_synthesizer(args)
     note_sine_waves(synthesizer)
-    threshold = args.threshold if args.threshold is not None else parameters["threshold"]
-    style = SongStyle(
-        NoteRule(threshold, state["data"]["mean_notes"]), args.bpm or parameters["bpm"],
-        data_settings(state).lowest_pitch, synthesizer,
-    )
-    written = write_songs(decoder, fixed_latents(args.songs, decoder.input_shape[-1], seed), folder, "sample", style)
+    style = SongStyle(rule, parameters["bpm"], data_settings(state).lowest_pitch, synthesizer)
+    noise = fixed_noise(args.songs, decoder.input_shape[-1], seed)
+    written = write_songs(decoder, density.latents(noise, parameters["temperature"]), folder, "sample", style)
     if folder.resolve() == run.generated.resolve():
         write_run_page(run, state)
     songs = ", ".join(f"{song.name} ({song.notes} notes)" for song in written)
@@ -62,11 +66,31 @@ def generate(args):
     return 0
 
 
+def song_source(run, state, parameters, decoder):
+    """Where the songs of a run with ``parameters`` come from, and which of their cells are
+    notes: (LatentDensity, NoteRule)."""
+    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], lambda: own_density(run, state))
+    rule = NoteRule.of_run(parameters, state["data"]["mean_notes"])
+    return density, fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
+
+
+def own_density(run, state):
+    """The latent density of the run's training songs, fitted now (for a run trained before
+    its songs were drawn from the data)."""
+    parameters = run_parameters(state)
+    folder = state["data"]["folder"]
+    if not Path(folder).is_dir():
+        raise UsageError(f"the run's data folder {folder} is gone: its songs can be drawn from the prior only")
+    data = read_data(folder, parameters["validation_split"], parameters["seed"], data_settings(state))
+    encoder = keras.saving.load_model(run.model / "encoder.keras")
+    return fit_density(encoder, data.training, parameters["seed"])
+
+
 def evaluate(args):
     """The evaluate command: judge a run's songs and model against the data."""
     run = RunFolder.open(args.run)
     state = run.load_state()
-    parameters, settings = state["parameters"], data_settings(state)
+    parameters, settings = run_parameters(state), data_settings(state)
     song_paths = find_songs(run.generated / "midi", args.songs)
     folder = state["data"]["folder"]
     data_paths = find_samples(args.data, settings.shape)[0] if args.data else None
@@ -82,7 +106,7 @@ def evaluate(args):
         training = own.training
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
-    rule = NoteRule(parameters["threshold"], state["data"]["mean_notes"])
+    _, rule = song_source(run, state, parameters, decoder)
     results = evaluate_songs(
         encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training, rule=rule,
         settings=settings, samples=args.samples, seed=parameters["seed"],
@@ -134,7 +158,19 @@ def parse_args(argv=None):
     option(group, "--measure-features", "features per measure", type=int_between(1))
     option(group, "--song-hidden", "hidden units of the song VAE", type=int_between(1))
     option(group, "--latent", "latent dimensions", type=int_between(1))
-    option(group, "--kl-weight", "weight of the KL term in the loss", type=float)
+    option(group, "--kl-weight", "weight of the KL term in the loss", type=non_negative_float)
+    option(
+        group, "--kl-warmup", "epochs over which the KL weight rises from 0 to --kl-weight at the start",
+        type=int_between(0),
+    )
+    option(
+        group, "--kl-cycle", "a cyclical KL weight: rising from 0 over the first half of every this many epochs",
+        type=int_between(0),
+    )
+    option(
+        group, "--free-bits", "bits of KL per song that cost nothing (MusicVAE's free bits)", type=non_negative_float
+    )
+    option(group, "--dropout", "share of hidden units dropped in training, after every hidden layer", type=share)
     option(
         group, "--reconstruction",
         "reconstruction loss summed over the song: squared error (the paper) or binary cross-entropy",
@@ -146,6 +182,10 @@ def parse_args(argv=None):
     option(group, "--lr", "Adam's learning rate", type=positive_float)
     option(group, "--validation-split", "share of the songs held out for validation", type=share)
     option(group, "--seed", "seed of the weights, the data order and the songs' latent vectors", type=int_between(0))
+    option(
+        group, "--transpose", "move each training song by up to this many semitones up or down, anew every epoch",
+        type=int_between(0, 48),
+    )
     option(
         group,
         "--cache",
@@ -169,7 +209,7 @@ def parse_args(argv=None):
         type=int_between(0),
     )
     option(group, "--songs", "songs written at the end", type=int_between(0))
-    add_song_options(group, bpm_default=DEFAULTS["bpm"])
+    add_song_options(group, DEFAULTS)
     train_parser.set_defaults(run_command=train)
 
     generate_parser = commands.add_parser(
@@ -184,7 +224,7 @@ def parse_args(argv=None):
         help="seed of the latent vectors; the same seed gives the same songs (default: a new one, printed)",
     )
     add("--output-dir", help="folder for npy/, midi/, img/ and wav/ (default: RUN_DIR/generated)")
-    add_song_options(generate_parser, bpm_default=None)
+    add_song_options(generate_parser)
     generate_parser.set_defaults(run_command=generate, audio=True)
 
     evaluate_parser = commands.add_parser(
@@ -213,29 +253,38 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def add_song_options(parser, bpm_default):
-    """The options of how songs are written, shared by train and generate; all default to
-    None (generate: the run's), their defaults said in the help."""
-    add = parser.add_argument
+def add_song_options(parser, defaults=None):
+    """The options of how songs are made and written, shared by train and generate; all
+    default to None, their defaults (``defaults``, else the run's) said in the help."""
+
+    def add(flag, help, **kwargs):
+        default = defaults[flag[2:].replace("-", "_")] if defaults else "the run's"
+        default = "none" if default is None else default
+        parser.add_argument(flag, default=None, help=f"{help} (default: {default})", **kwargs)
+
     add(
-        "--threshold",
-        type=probability,
-        default=None,
-        help="notes are the cells at or above this value "
-        "(default: each song's own, so that it has as many notes as the average training sample)",
+        "--sample-from", "draw the songs' latent vectors from the prior N(0, I), or from a Gaussian fitted to the "
+        "encoded training songs after every epoch", choices=("prior", "data"),
+    )
+    add("--temperature", "scale of the songs' distance from the density's mean", type=positive_float)
+    add(
+        "--note-rule", "which cells are notes: each song's strongest, as many as the average training sample has, "
+        "or those above one threshold for all songs, calibrated so that songs have that many on average",
+        choices=("per-song", "calibrated"),
     )
     add(
-        "--bpm",
-        type=positive_float,
-        default=None,
-        help="tempo of the MIDI files in quarter notes per minute (default: "
-        + (f"{bpm_default:g})" if bpm_default else "the run's)"),
+        "--threshold", "notes are the cells at or above this value, in place of --note-rule", type=probability,
     )
     add(
+        "--max-pitches-per-step", "only the strongest this many pitches of a step can be notes; 0: no cap",
+        type=int_between(0, PITCHES),
+    )
+    add("--bpm", "tempo of the MIDI files in quarter notes per minute", type=positive_float)
+    parser.add_argument(
         "--audio", action=argparse.BooleanOptionalAction, default=None,
         help="render every song as a WAV file too, with FluidSynth where installed, else with sine waves (default: on)",
     )
-    add(
+    parser.add_argument(
         "--soundfont", metavar="SF2",
         help="SoundFont for FluidSynth (default: the General MIDI one installed, e.g. Debian's fluid-soundfont-gm)",
     )

@@ -1,6 +1,7 @@
 """What happens during ``fit``, epoch by epoch: speed, the record of each completed epoch
 (models, songs, state, page), Ctrl-C, and TensorBoard."""
 
+import dataclasses
 import gc
 import math
 import signal
@@ -14,9 +15,10 @@ import numpy as np
 from music_vae.audio import AUDIO_SAMPLE_RATE
 from music_vae.evaluation import evaluation_scalars
 from music_vae.files import quiet_stderr
-from music_vae.model import keras, ops
+from music_vae.latent import LatentDensity, fit_density
+from music_vae.model import keras, kl_share, ops
 from music_vae.run_page import write_run_page
-from music_vae.songs import write_songs
+from music_vae.songs import fitted_rule, write_songs
 
 
 class Speedometer(keras.callbacks.Callback):
@@ -63,17 +65,21 @@ class Speedometer(keras.callbacks.Callback):
 
 class EpochEnd(keras.callbacks.Callback):
     """After every epoch: stop on a non-finite loss (keeping the last good model), else
-    save the models, write the songs of the fixed latent vectors, and record the epoch in
-    the run state. A kill before the record leaves the run as it was after the previous
-    epoch (see RunFolder.recover); one after it, the epoch complete."""
+    save the models (and the latent density fitted to the training songs, where the songs
+    are drawn from it), write the songs of the fixed noise, and record the epoch in the run
+    state. A kill before the record leaves the run as it was after the previous epoch (see
+    RunFolder.recover); one after it, the epoch complete."""
 
-    def __init__(self, run, state, latents, style, tensorboard):
+    def __init__(self, run, state, noise, style, tensorboard, density_paths=None, temperature=1.0, seed=0):
         super().__init__()
         self.run = run
         self.state = state
-        self.latents = latents
+        self.noise = noise  # (songs, latent) standard normal, the same every epoch
         self.style = style  # a SongStyle
         self.tensorboard = tensorboard  # a TensorBoardLog, or None
+        self.density_paths = density_paths  # training samples to fit the density to; None: the prior
+        self.temperature = temperature
+        self.seed = seed
         self.stopped = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -85,9 +91,16 @@ class EpochEnd(keras.callbacks.Callback):
             self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
             self.model.stop_training = True
             return
-        self.run.save_models(self.model, epoch + 1)
+        if self.density_paths:
+            density = fit_density(self.model.encoder, self.density_paths, self.seed)
+        else:
+            density = LatentDensity.prior(self.noise.shape[1])
+        self.run.save_models(self.model, epoch + 1, density if self.density_paths else None)
+        rule = fitted_rule(self.style.rule, self.model.decoder, density, self.temperature, self.seed)
+        latents = density.latents(self.noise, self.temperature)
         prefix = f"epoch{epoch + 1:03d}"
-        written = write_songs(self.model.decoder, self.latents, self.run.generated, prefix, self.style)
+        style = dataclasses.replace(self.style, rule=rule)
+        written = write_songs(self.model.decoder, latents, self.run.generated, prefix, style)
         row = {"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started}
         # One call, which a second Ctrl-C cannot split: the history and the count agree.
         self.state.update(history=[*self.state["history"], row], epochs_done=epoch + 1)
@@ -103,6 +116,23 @@ class EpochEnd(keras.callbacks.Callback):
         print(
             f"epoch {epoch + 1}: model saved; songs with " + ", ".join(str(song.notes) for song in written) + " notes"
         )
+
+
+class KLSchedule(keras.callbacks.Callback):
+    """Set the VAE's share of its KL weight as each epoch begins (see model.kl_share), and
+    log it as ``kl_share``."""
+
+    def __init__(self, warmup, cycle):
+        super().__init__()
+        self.warmup, self.cycle = warmup, cycle
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.share = kl_share(epoch, self.warmup, self.cycle)
+        self.model.kl_share.assign(self.share)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["kl_share"] = self.share
 
 
 class CtrlC(keras.callbacks.Callback):

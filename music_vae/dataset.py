@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from music_vae.files import UsageError
 from music_vae.model import keras
-from music_vae.samples import SETTINGS_FILE, DataSettings
+from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings
 
 SEED = 0
 NOTES_SAMPLED = 1000  # training samples read to find the average note count
@@ -38,18 +38,21 @@ class SongFiles(keras.utils.PyDataset):
 
     With ``shuffle``, the order changes every epoch, the same way for the same ``seed``
     and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
-    the epoch through the ``EpochOrder`` callback. A file that can
+    the epoch through the ``EpochOrder`` callback. With ``transpose``, every song of a
+    batch is moved by up to that many semitones up or down, drawn the same way, as far as
+    its notes stay inside the pitch window: more songs to learn from, in every key. A file that can
     no longer be read is reported once and a silent song takes its place, so that a long
     run never dies of one file.
     """
 
-    def __init__(self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False):
+    def __init__(self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0):
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
         self.paths = list(paths)
         self.batch_size = batch_size
         self.shape = tuple(shape)
         self.shuffle = shuffle
         self.seed = seed
+        self.transpose = transpose
         self.epoch = 0
         self.unreadable = set()
         self.packed = self._read_all() if cache else None
@@ -72,8 +75,13 @@ class SongFiles(keras.utils.PyDataset):
     def __getitem__(self, index):
         batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         if self.packed is not None:
-            return self.packed[batch]
-        return np.stack([self._load(self.paths[i]) for i in batch])
+            songs = self.packed[batch]
+        else:
+            songs = np.stack([self._load(self.paths[i]) for i in batch])
+        if self.transpose:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            songs = np.stack([transposed(song, self.transpose, rng) for song in songs])
+        return songs
 
     def _load(self, path):
         """A sample as uint8 0/1: any non-zero value is an onset."""
@@ -92,6 +100,19 @@ class SongFiles(keras.utils.PyDataset):
         """Take the order of ``epoch`` (counted from 0)."""
         self.epoch = epoch
         self.order = self._order()
+
+
+def transposed(song, semitones, rng):
+    """``song`` (measures, 9216 cells, or 1152 bit-packed bytes) moved by a number of
+    semitones drawn by ``rng`` from those up to ``semitones`` up or down that keep its
+    notes inside the pitch window."""
+    measures, width = song.shape
+    rows = song.reshape(measures, PITCHES, width // PITCHES)  # a pitch row: 96 steps, or their 12 bytes
+    pitches = np.flatnonzero(rows.any(axis=(0, 2)))
+    if not len(pitches):
+        return song
+    shift = int(rng.integers(max(-semitones, -pitches[0]), min(semitones, PITCHES - 1 - pitches[-1]) + 1))
+    return np.roll(rows, shift, axis=1).reshape(song.shape)  # nothing wraps round: the rows rolled over are empty
 
 
 class EpochOrder(keras.callbacks.Callback):

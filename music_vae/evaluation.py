@@ -15,11 +15,11 @@ import numpy as np
 from music_vae import music_metrics
 from music_vae.dataset import SEED, read_sample, subset
 from music_vae.files import UsageError, atomic_write, figure_pixels, png_writer, text_writer
+from music_vae.latent import ENCODE_BATCH, encode
 from music_vae.model import ops
 from music_vae.samples import SkipFile, midi_to_song
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
-EVALUATION_BATCH = 32
 TRAINING_CHUNK = 256  # training samples read at a time to find each song's nearest: 38 MB as uint8
 
 
@@ -80,24 +80,12 @@ def evaluate_songs(
     return results
 
 
-def encode(encoder, songs):
-    """(z_mean, z_log_var) of ``songs``, each (songs, latent), in batches."""
-    means, log_variances = [], []
-    for start in range(0, len(songs), EVALUATION_BATCH):
-        batch = np.stack(songs[start : start + EVALUATION_BATCH]).astype(np.float32)
-        z_mean, z_log_var, _ = encoder(ops.convert_to_tensor(batch), training=False)
-        means.append(ops.convert_to_numpy(ops.cast(z_mean, "float32")))  # not bfloat16: numpy sums it badly
-        log_variances.append(ops.convert_to_numpy(ops.cast(z_log_var, "float32")))
-    latent = encoder.output[0].shape[-1]
-    return np.concatenate(means or [np.zeros((0, latent))]), np.concatenate(log_variances or [np.zeros((0, latent))])
-
-
 def reconstruction_scores(encoder, decoder, songs, rule):
     """Onset precision, recall and F1 of the decoded z_mean of each of ``songs``, with its
     notes picked as the run picks a song's notes."""
     correct = true_notes = predicted_notes = 0
-    for start in range(0, len(songs), EVALUATION_BATCH):
-        batch = songs[start : start + EVALUATION_BATCH]
+    for start in range(0, len(songs), ENCODE_BATCH):
+        batch = songs[start : start + ENCODE_BATCH]
         z_mean, _ = encode(encoder, batch)
         decoded = ops.convert_to_numpy(decoder(ops.convert_to_tensor(z_mean), training=False))
         for song, values in zip(batch, decoded):

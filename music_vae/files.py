@@ -189,6 +189,14 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    """An argparse type: a finite number of 0 or more."""
+    value = number(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def share(text):
     """An argparse type: a number from 0 up to, not including, 1."""
     value = number(text)

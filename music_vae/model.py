@@ -54,6 +54,16 @@ class ModelConfig:
         Weight of the KL term (1 in the paper).
     reconstruction : {"mse", "bce"}
         Squared error (the paper) or binary cross-entropy, summed over the song.
+    kl_warmup, kl_cycle : int
+        Epochs over which the KL weight rises from 0 to ``kl_weight``, once (a warm-up) or
+        in the first half of every ``kl_cycle`` epochs (a cyclical schedule, Fu et al.,
+        NAACL 2019); 0: the full weight throughout (the paper).
+    free_bits : float
+        Bits of KL per song that cost nothing (MusicVAE's free bits): the loss counts
+        only the KL above them, so the code may carry that much about a song for free.
+    dropout : float
+        Share of the hidden units dropped in training, after every hidden layer (0: none,
+        the paper).
     """
 
     measures: int = MEASURES_PER_SAMPLE
@@ -63,10 +73,27 @@ class ModelConfig:
     latent: int = 120
     kl_weight: float = 1.0
     reconstruction: str = "mse"
+    kl_warmup: int = 0
+    kl_cycle: int = 0
+    free_bits: float = 0.0
+    dropout: float = 0.0
+
+
+class SavesNoise:
+    """For a layer with no weights that draws noise from ``self.seed_generator``: save the
+    generator's position with the model. Keras saves a layer's own weights only, and
+    without it a resumed run would draw other noise than the run never stopped."""
+
+    def save_own_variables(self, store):
+        store["0"] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        if "0" in store.keys():  # models saved before the position was kept have none
+            self.seed_generator.state.assign(store["0"])
 
 
 @keras.saving.register_keras_serializable(package="music_generator")
-class Sampling(layers.Layer):
+class Sampling(SavesNoise, layers.Layer):
     """Draw z ~ N(z_mean, exp(z_log_var)) as z_mean + sigma * epsilon, so that gradients
     reach the encoder (the reparameterisation trick)."""
 
@@ -83,15 +110,20 @@ class Sampling(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 
-    def save_own_variables(self, store):
-        """Save the noise generator's position: Keras saves a layer's own weights only, and
-        without it a resumed run would draw other noise than the run never stopped."""
-        store["0"] = ops.convert_to_numpy(self.seed_generator.state)
 
-    def load_own_variables(self, store):
-        """Restore the noise generator's position, where the model file has one."""
-        if "0" in store.keys():  # models saved before the position was kept have none
-            self.seed_generator.state.assign(store["0"])
+@keras.saving.register_keras_serializable(package="music_generator")
+class Dropout(SavesNoise, layers.Dropout):
+    """Keras' Dropout, whose masks a resumed run draws as the run never stopped would."""
+
+
+def hidden(units, name, config):
+    """A hidden ReLU layer of ``units``, followed by dropout where ``config`` has it: a
+    function of its input."""
+    dense = layers.Dense(units, activation="relu", name=name)
+    if not config.dropout:
+        return dense
+    dropout = Dropout(config.dropout, name=f"{name}_dropout")
+    return lambda x: dropout(dense(x))
 
 
 # The paper's TimeDistributed Dense layers are plain Dense layers here: on a (batch,
@@ -103,10 +135,10 @@ class Sampling(layers.Layer):
 def build_encoder(config=ModelConfig()):
     """Song (measures, 9216) -> z_mean (latent), z_log_var (latent), z (latent)."""
     songs = keras.Input((config.measures, MEASURE_SIZE), name="song")
-    x = layers.Dense(config.measure_hidden, activation="relu", name="measure_hidden")(songs)
+    x = hidden(config.measure_hidden, "measure_hidden", config)(songs)
     x = layers.Dense(config.measure_features, activation="relu", name="measure_features")(x)
     x = layers.Reshape((config.measures * config.measure_features,), name="song_features")(x)
-    x = layers.Dense(config.song_hidden, activation="relu", name="song_hidden")(x)
+    x = hidden(config.song_hidden, "song_hidden", config)(x)
     z_mean = layers.Dense(config.latent, name="z_mean")(x)
     z_log_var = layers.Dense(config.latent, name="z_log_var")(x)
     z = Sampling(name="z")([z_mean, z_log_var])
@@ -127,10 +159,10 @@ def build_decoder(config=ModelConfig(), note_density=None):
     else:
         bias = "zeros"
     z = keras.Input((config.latent,), name="z")
-    x = layers.Dense(config.song_hidden, activation="relu", name="song_hidden")(z)
+    x = hidden(config.song_hidden, "song_hidden", config)(z)
     x = layers.Dense(config.measures * config.measure_features, activation="relu", name="song_features")(x)
     x = layers.Reshape((config.measures, config.measure_features), name="measure_features")(x)
-    x = layers.Dense(config.measure_hidden, activation="relu", name="measure_hidden")(x)
+    x = hidden(config.measure_hidden, "measure_hidden", config)(x)
     # The largest product stays in the compute precision (bfloat16 with --precision); the
     # sigmoid and so the loss are float32.
     logits = layers.Dense(MEASURE_SIZE, bias_initializer=bias, name="song_logits")(x)
@@ -143,7 +175,9 @@ class VAE(keras.Model):
     """The encoder and the decoder joined, trained on the paper's loss.
 
     Calling it returns (reconstructed songs, z_mean, z_log_var). ``fit`` logs ``loss``,
-    ``reconstruction`` and ``kl``; ``loss = reconstruction + kl_weight * kl``.
+    ``reconstruction`` and ``kl`` (nats per song); ``loss = reconstruction + kl_weight *
+    kl_share * (kl less free_bits)``. Both terms are sums over a song, averaged over the
+    batch, so that the KL weighs against all 147,456 cells, not a per-cell mean.
 
     Parameters
     ----------
@@ -151,14 +185,25 @@ class VAE(keras.Model):
         Weight of the KL term (1 in the paper).
     reconstruction : {"mse", "bce"}
         Squared error (the paper) or binary cross-entropy, summed over the song.
+    free_bits : float
+        Bits of KL per song that cost nothing (see ModelConfig).
+    kl_schedule : bool
+        Whether the KL weight follows a schedule: then ``kl_share``, the share of
+        ``kl_weight`` in this epoch, is a variable that KLSchedule sets as each epoch begins
+        (a compiled training step reads its new value); else the weight is constant.
     """
 
-    def __init__(self, encoder, decoder, kl_weight=1.0, reconstruction="mse", **kwargs):
+    def __init__(
+        self, encoder, decoder, kl_weight=1.0, reconstruction="mse", free_bits=0.0, kl_schedule=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.kl_weight = kl_weight
         self.reconstruction = reconstruction
+        self.free_bits = free_bits
+        self.kl_schedule = kl_schedule
+        self.kl_share = keras.Variable(1.0, trainable=False, dtype="float32", name="kl_share") if kl_schedule else 1.0
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
@@ -186,19 +231,22 @@ class VAE(keras.Model):
         else:
             errors = ops.square(songs - reconstructed)
         reconstruction = ops.mean(ops.sum(errors, axis=(1, 2)))
-        kl = ops.mean(-0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1))
+        kl_per_song = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=1)
+        kl = ops.mean(kl_per_song)
         # Weighted by batch size, like Keras' own loss tracker, so that a short last batch
         # counts as much in every epoch mean.
         batch_size = ops.shape(songs)[0]
         self.reconstruction_tracker.update_state(reconstruction, sample_weight=batch_size)
         self.kl_tracker.update_state(kl, sample_weight=batch_size)
-        return reconstruction + self.kl_weight * kl
+        if self.free_bits:
+            kl = ops.mean(ops.maximum(kl_per_song - self.free_bits * math.log(2), 0.0))
+        return reconstruction + self.kl_weight * self.kl_share * kl
 
     def get_config(self):
         return {
             **super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder), "kl_weight": self.kl_weight,
-            "reconstruction": self.reconstruction,
+            "reconstruction": self.reconstruction, "free_bits": self.free_bits, "kl_schedule": self.kl_schedule,
         }
 
     @classmethod
@@ -212,9 +260,23 @@ def build_vae(config=ModelConfig(), note_density=None):
     """The VAE of ``config``, built; see build_decoder for ``note_density``."""
     # The decoder first: with a seed set, the order of the layers decides their starting weights.
     decoder = build_decoder(config, note_density)
-    vae = VAE(build_encoder(config), decoder, config.kl_weight, config.reconstruction, name="vae")
+    schedule = bool(config.kl_warmup or config.kl_cycle)
+    vae = VAE(
+        build_encoder(config), decoder, config.kl_weight, config.reconstruction, config.free_bits, schedule, name="vae"
+    )
     vae.build((None, config.measures, MEASURE_SIZE))
     return vae
+
+
+def kl_share(epoch, warmup=0, cycle=0):
+    """The share of the KL weight in ``epoch`` (counted from 0): rising linearly from 0 over
+    the first ``warmup`` epochs, or over the first half of every ``cycle`` epochs, then 1;
+    always 1 where both are 0."""
+    if cycle:
+        return min(1.0, (epoch % cycle) / (cycle / 2))
+    if warmup:
+        return min(1.0, epoch / warmup)
+    return 1.0
 
 
 @contextlib.contextmanager

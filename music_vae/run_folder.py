@@ -13,6 +13,7 @@ from pathlib import Path
 
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
+from music_vae.latent import DENSITY_FILE, LatentDensity
 from music_vae.model import keras
 from music_vae.samples import PITCHES, DataSettings
 
@@ -29,8 +30,9 @@ class RunFolder:
     - ``state.json``: the same, for the program (and ``--resume``)
     - ``logs/``: TensorBoard event files (``train``, ``validation``, ``songs``)
     - ``model/``: ``vae.keras`` (with the optimizer's state), ``encoder.keras``,
-      ``decoder.keras``, saved after every completed epoch (in ``model/epochNNN/``
-      until state.json records the epoch, then moved into place)
+      ``decoder.keras`` and, where songs are drawn from the data, ``latent_density.npz``,
+      saved after every completed epoch (in ``model/epochNNN/`` until state.json records
+      the epoch, then moved into place)
     - ``generated/npy``, ``generated/midi``, ``generated/img``, ``generated/wav``: the songs
     - ``index.html`` and ``losses.png``: the run page, rewritten after every epoch
     - ``evaluation.json``, ``evaluation.png``: the evaluation of the final songs
@@ -136,23 +138,38 @@ class RunFolder:
         """Where the models of ``epoch`` wait until state.json records it."""
         return self.model / f"epoch{epoch:03d}"
 
-    def save_models(self, vae, epoch):
-        """Save the VAE (with its optimizer, for --resume), encoder and decoder of ``epoch``
-        into ``model/epochNNN/``; ``use_models`` moves them into place once state.json
-        records the epoch. So the models in place are always those of the last recorded
-        epoch, whenever a kill comes."""
+    def save_models(self, vae, epoch, density=None):
+        """Save the VAE (with its optimizer, for --resume), encoder and decoder of ``epoch``,
+        and ``density`` (a LatentDensity) where given, into ``model/epochNNN/``;
+        ``use_models`` moves them into place once state.json records the epoch. So the
+        models in place are always those of the last recorded epoch, whenever a kill comes."""
         folder = self.staged_models(epoch)
         folder.mkdir(exist_ok=True)
         for name, model in (("vae", vae), ("encoder", vae.encoder), ("decoder", vae.decoder)):
             atomic_write(folder / f"{name}.keras", model.save, suffix=".keras")
+        if density is not None:
+            atomic_write(folder / DENSITY_FILE, density.write)
 
     def use_models(self, epoch):
         """Move the models of ``epoch``, which state.json records, into place. A kill halfway
         leaves the rest in their folder, which ``recover`` moves."""
         folder = self.staged_models(epoch)
-        for path in folder.glob("*.keras"):
+        for path in folder.iterdir():
             os.replace(path, self.model / path.name)
         folder.rmdir()
+
+    def latent_density(self, sample_from, latent, fit):
+        """Where the run's songs are drawn from: the prior N(0, I), or (``sample_from``
+        "data") the density fitted to its training songs with the models in place, which
+        ``fit()`` fits and this saves where the run has none yet (one trained from the prior)."""
+        if sample_from == "prior":
+            return LatentDensity.prior(latent)
+        path = self.model / DENSITY_FILE
+        if path.is_file():
+            return LatentDensity.load(path)
+        density = fit()
+        atomic_write(path, density.write)
+        return density
 
     def recover(self, epochs_done):
         """Bring the folder back to its last recorded epoch after a kill: remove part files,

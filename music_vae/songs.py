@@ -13,21 +13,58 @@ from music_vae.model import ops
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, piano_roll, seconds_per_step, song_seconds, song_to_midi
 
 MIN_THRESHOLD = 1e-6  # a note needs at least this value, even among the strongest cells
+CALIBRATION_SONGS = 64  # songs decoded to calibrate one threshold for all songs
 
 
 @dataclasses.dataclass(frozen=True)
 class NoteRule:
-    """Which cells of a decoded song are notes: those at or above ``threshold``, or, where
-    it is None, the ``notes`` strongest (each song gets its own threshold)."""
+    """Which cells of a decoded song are notes.
+
+    Attributes
+    ----------
+    threshold : float or None
+        Notes are the cells at or above it. None: each song's ``notes`` strongest cells
+        (each song its own threshold, the same note count for all), unless ``calibrate``.
+    notes : float
+        Notes of an average song: the average training sample's.
+    calibrate : bool
+        Use one threshold for all songs, set by ``calibrated`` so that songs have ``notes``
+        notes on average, each as many as its values say.
+    max_pitches_per_step : int
+        Where not 0, only the strongest this many pitches of a step can be notes: a cap
+        on the stacked chords of a blurred song.
+    """
 
     threshold: float = None
     notes: float = 0
+    calibrate: bool = False
+    max_pitches_per_step: int = 0
+
+    @classmethod
+    def of_run(cls, parameters, notes):
+        """The rule of a run's ``parameters`` (train's options), for ``notes`` notes a song."""
+        return cls(
+            parameters["threshold"], notes, calibrate=parameters["note_rule"] == "calibrated",
+            max_pitches_per_step=parameters["max_pitches_per_step"],
+        )
 
     def apply(self, song):
         """(``song`` with the cells that are not notes set to 0, the threshold its notes pass)."""
+        if self.max_pitches_per_step:
+            song = strongest_per_step(song, self.max_pitches_per_step)
         if self.threshold is None:
             return strongest_cells(song, self.notes)
         return song, self.threshold
+
+    def calibrated(self, songs):
+        """This rule, with the threshold that gives ``songs`` (count, measures, 9216 values
+        from the decoder) ``notes`` notes each on average, where it calibrates."""
+        if not self.calibrate or len(songs) == 0:
+            return self
+        if self.max_pitches_per_step:
+            songs = np.stack([strongest_per_step(song, self.max_pitches_per_step) for song in songs])
+        _, threshold = strongest_cells(songs, self.notes * len(songs))
+        return dataclasses.replace(self, threshold=threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +101,29 @@ def strongest_cells(song, notes):
     return kept.reshape(np.shape(song)), max(float(values[strongest].min()), MIN_THRESHOLD)
 
 
-def fixed_latents(count, latent, seed):
-    """The same ``count`` latent vectors for the same seed: the songs heard every epoch."""
+def strongest_per_step(song, count):
+    """``song`` (measures, 9216) with all but the ``count`` strongest pitches of every step
+    set to 0."""
+    cells = np.array(song).reshape(len(song), PITCHES, STEPS_PER_MEASURE)
+    if count < PITCHES:
+        weakest = np.argpartition(cells, PITCHES - count, axis=1)[:, : PITCHES - count]
+        np.put_along_axis(cells, weakest, 0, axis=1)
+    return cells.reshape(np.shape(song))
+
+
+def fixed_noise(count, latent, seed):
+    """The same ``count`` standard normal vectors (count, latent) for the same seed, which a
+    LatentDensity turns into latent vectors: the songs heard every epoch."""
     return np.random.default_rng(seed).standard_normal((count, latent)).astype(np.float32)
+
+
+def fitted_rule(rule, decoder, density, temperature, seed):
+    """``rule``, calibrated where it calibrates on CALIBRATION_SONGS songs of ``decoder``
+    drawn from ``density`` (a LatentDensity) at ``temperature``."""
+    if not rule.calibrate:
+        return rule
+    noise = fixed_noise(CALIBRATION_SONGS, len(density.mean), seed + 2)  # seed, seed + 1: the songs' noise
+    return rule.calibrated(decode(decoder, density.latents(noise, temperature)))
 
 
 def decode(decoder, latents):

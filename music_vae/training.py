@@ -15,17 +15,18 @@ import math
 import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
-from music_vae.callbacks import CtrlC, EpochEnd, Speedometer, TensorBoardLog
+from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, Speedometer, TensorBoardLog
 from music_vae.dataset import SEED, EpochOrder, SongFiles, cache_fits, read_data
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
 from music_vae.files import UsageError
+from music_vae.latent import fit_density
 from music_vae.model import (
     FusedAdam, ModelConfig, build_vae, default_jit, keras, peak_flops, precision, training_flops_per_sample,
 )
 from music_vae.run_folder import RunFolder, data_settings, environment, now
 from music_vae.run_page import write_run_page
 from music_vae.samples import DEFAULT_BPM
-from music_vae.songs import NoteRule, SongStyle, fixed_latents, write_songs
+from music_vae.songs import NoteRule, SongStyle, fitted_rule, fixed_noise, write_songs
 
 # Every option of train and its default, in one place: the paper's settings (sections 3.4
 # and 4.1: Adam, learning rate 0.01, batch size 1, the model's sizes), and this program's.
@@ -41,19 +42,32 @@ DEFAULTS = {
     "validation_split": 0.1,
     "seed": SEED,
     "cache": False,
+    "transpose": 0,  # semitones a training song may be moved up or down, drawn anew every epoch
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
     "log_every": 100,  # batches between the per-batch TensorBoard points
     "songs_per_epoch": 3,
     "songs": 10,
-    "threshold": None,  # each song its own: as many notes as the average training sample
+    "sample_from": "prior",  # or "data": a Gaussian fitted to the encoded training songs
+    "temperature": 1.0,  # how far from the density's mean the songs' latent vectors go
+    "note_rule": "per-song",  # or "calibrated": one threshold for all songs
+    "threshold": None,  # a fixed threshold for all songs, in place of the note rule
+    "max_pitches_per_step": 0,  # 0: no cap
     "bpm": DEFAULT_BPM,
     "audio": True,
     "soundfont": None,
 }
 # What a resumed run may change: how long and how fast it trains, where its data now are,
 # what it logs and how many songs it writes. The rest would make it another run.
-CHANGEABLE_ON_RESUME = ("data", "epochs", "batch_size", "cache", "jit", "log_every", "songs_per_epoch", "songs")
+CHANGEABLE_ON_RESUME = (
+    "data", "epochs", "batch_size", "cache", "jit", "log_every", "songs_per_epoch", "songs", "sample_from",
+    "temperature", "note_rule", "max_pitches_per_step",
+)
+# What a run recorded before these options existed did: a run's parameters lack them.
+WITHOUT_OPTION = {
+    "transpose": 0, "sample_from": "prior", "temperature": 1.0, "note_rule": "per-song", "max_pitches_per_step": 0,
+    "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0,
+}
 # How songs sound is the business of the machine a session runs on (its FluidSynth and
 # SoundFont files): these always follow the command line.
 THIS_MACHINE = ("audio", "soundfont")
@@ -82,7 +96,7 @@ def train(args):
             note = "the samples would take more than half of this machine's memory; reading them from disk"
             print(f"note: --cache: {note}", file=sys.stderr)
         batches = dict(batch_size=args.batch_size, shape=data.settings.shape, cache=cache)
-        training = SongFiles(data.training, shuffle=True, seed=args.seed, **batches)
+        training = SongFiles(data.training, shuffle=True, seed=args.seed, transpose=args.transpose, **batches)
         validation = SongFiles(data.validation, **batches) if data.validation else None
         flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
 
@@ -105,13 +119,19 @@ def train(args):
         state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
         run.save(state)
 
-        style = SongStyle(NoteRule(args.threshold, data.mean_notes), args.bpm, data.settings.lowest_pitch, synthesizer)
+        rule = NoteRule.of_run(vars(args), data.mean_notes)
+        style = SongStyle(rule, args.bpm, data.settings.lowest_pitch, synthesizer)
         tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
         epoch_end = EpochEnd(
-            run, state, fixed_latents(args.songs_per_epoch, args.latent, args.seed), style, tensorboard
+            run, state, fixed_noise(args.songs_per_epoch, args.latent, args.seed), style, tensorboard,
+            density_paths=data.training if args.sample_from == "data" else None, temperature=args.temperature,
+            seed=args.seed,
         )
         speedometer = Speedometer(len(data.training), args.batch_size, flops, peak)
-        callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), speedometer, tensorboard, epoch_end]
+        kl_schedule = KLSchedule(args.kl_warmup, args.kl_cycle) if args.kl_warmup or args.kl_cycle else None
+        callbacks = [
+            EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, speedometer, tensorboard, epoch_end,
+        ]
         if state["epochs_done"] < args.epochs:
             epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
         else:
@@ -180,6 +200,8 @@ def new_run_args(args):
     args = argparse.Namespace(
         **{**vars(args), **{key: default for key, default in DEFAULTS.items() if getattr(args, key, None) is None}}
     )
+    if args.kl_cycle == 1:
+        raise UsageError("--kl-cycle 1 would keep the KL weight at 0: it rises over a cycle's first half, so 2 or more")
     RunFolder.check_new(args.output_dir, args.run_name)  # before minutes of reading data, not after
     return args
 
@@ -188,7 +210,7 @@ def resumed_args(run, state, args):
     """``args`` of a run to resume: the run's own parameters. Of the options given on the
     command line, those that may change replace them and the others are ignored, and how
     the songs sound follows the command line; a note says each. ``state`` records the changes."""
-    parameters = {**DEFAULTS, **state["parameters"]}
+    parameters = run_parameters(state)
     notes = []
     for key in DEFAULTS:
         given = getattr(args, key, None)
@@ -213,6 +235,12 @@ def resumed_args(run, state, args):
         print(note, file=sys.stderr)
     state["parameters"] = parameters
     return argparse.Namespace(**{**vars(args), **parameters})
+
+
+def run_parameters(state):
+    """A run's parameters: those its state records, and what it did without the options
+    added since it was made."""
+    return {**DEFAULTS, **WITHOUT_OPTION, **state["parameters"]}
 
 
 def new_state(run, args):
@@ -250,7 +278,10 @@ def model_to_train(run, state, args, data, jit):
 def final_songs(run, state, vae, args, data, style, tensorboard):
     """Write the run's final songs and evaluate them against the data (into the run
     folder, its state and TensorBoard); return the WrittenSongs."""
-    latents = fixed_latents(args.songs, args.latent, args.seed + 1)
+    fit = lambda: fit_density(vae.encoder, data.training, args.seed)  # noqa: E731
+    density = run.latent_density(args.sample_from, args.latent, fit)
+    style = dataclasses.replace(style, rule=fitted_rule(style.rule, vae.decoder, density, args.temperature, args.seed))
+    latents = density.latents(fixed_noise(args.songs, args.latent, args.seed + 1), args.temperature)
     written = write_songs(vae.decoder, latents, run.generated, "final", style)
     if written:
         song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]

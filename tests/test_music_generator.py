@@ -21,7 +21,7 @@ from music_vae.audio import HIDE_FLUIDSYNTH, has_fluidsynth
 from music_vae.dataset import SongFiles, split_samples
 from music_vae.samples import DataSettings
 from music_vae.model import VAE, FusedAdam, ModelConfig, build_encoder, build_vae, precision, training_flops_per_sample
-from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_latents, save_song, strongest_cells, write_songs
+from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_noise, save_song, strongest_cells, write_songs
 from test_data_loader import REPO, VGMIDI, needs_vgmidi
 
 # Small sizes keep the tests fast; the default sizes are checked on the model alone.
@@ -250,7 +250,7 @@ def test_the_vae_overfits_a_tiny_dataset():
 def test_saved_models_reload_in_safe_mode_and_decode_the_same_song(tmp_path):
     code, run = train(tmp_path, epochs=1)
     assert code == 0
-    z = fixed_latents(2, 4, seed=5)
+    z = fixed_noise(2, 4, seed=5)
     decoder = keras.saving.load_model(run / "model" / "decoder.keras", safe_mode=True)
     vae = keras.saving.load_model(run / "model" / "vae.keras", safe_mode=True)
     assert isinstance(vae, VAE) and vae.optimizer.iterations.numpy() == 3

@@ -14,7 +14,7 @@ import pytest
 import music_generator as mg
 from music_vae.dataset import SongFiles
 from music_vae.model import FusedAdam, ModelConfig, build_vae, peak_flops
-from music_vae.songs import fixed_latents
+from music_vae.songs import fixed_noise
 from test_data_loader import REPO
 from test_music_generator import SMALL, make_samples, tensorboard_events, train
 
@@ -66,7 +66,7 @@ def test_every_speed_option_trains_and_its_model_reloads(tmp_path, options):
     assert state["speed"]["cache"] == ("--cache" in options)
     assert state["speed"]["jit"] == ("--jit" in options)
     decoder = keras.saving.load_model(run / "model" / "decoder.keras")
-    song = decoder.predict(fixed_latents(1, 4, 0), verbose=0)
+    song = decoder.predict(fixed_noise(1, 4, 0), verbose=0)
     assert song.dtype == np.float32 and np.isfinite(song).all()
     assert mg.main(["generate", "--run", str(run), "--songs", "1", "--seed", "1"]) == 0
 

@@ -1,0 +1,213 @@
+"""The levers of musical quality, each with a known answer: the KL schedule and free bits,
+the latent density songs are drawn from, the note rules, transposition and dropout; and a
+run that pulls them all, which resumes to the run it would have been."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import music_generator as mg
+from music_vae.dataset import SongFiles, transposed
+from music_vae.latent import DENSITY_FILE, LatentDensity
+from music_vae.model import ModelConfig, build_vae, kl_share
+from music_vae.samples import PITCHES, STEPS_PER_MEASURE
+from music_vae.songs import NoteRule, strongest_per_step
+from test_music_generator import SMALL, make_samples, run_cli, train
+
+TINY = ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3)
+
+# --- the KL term -------------------------------------------------------------------------------
+
+
+def test_the_kl_share_rises_over_a_warmup_or_each_cycles_first_half():
+    assert [kl_share(epoch, warmup=4) for epoch in range(6)] == [0, 0.25, 0.5, 0.75, 1, 1]
+    assert [kl_share(epoch, cycle=4) for epoch in range(8)] == [0, 0.5, 1, 1, 0, 0.5, 1, 1]
+    assert [kl_share(epoch) for epoch in range(3)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 3.0])
+def test_the_loss_is_the_summed_reconstruction_plus_the_weighted_kl_above_the_free_bits(free_bits):
+    vae = build_vae(ModelConfig(**{**TINY.__dict__, "kl_weight": 0.5, "reconstruction": "bce", "free_bits": free_bits}))
+    rng = np.random.default_rng(1)
+    songs = (rng.random((2, 16, 9216)) < 0.01).astype(np.float32)
+    reconstructed = rng.uniform(0.01, 0.99, songs.shape).astype(np.float32)
+    z_mean = np.array([[0.1, -2.0, 0.3], [1.5, 0.0, -0.4]], np.float32)
+    z_log_var = np.array([[0.0, -1.0, 0.5], [-2.0, 0.2, 0.0]], np.float32)
+    loss = float(vae.compute_loss(songs, y_pred=(reconstructed, z_mean, z_log_var)))
+    # Summed over each song's 147,456 cells, not averaged: the KL weighs against all of them.
+    cross_entropy = -(songs * np.log(reconstructed) + (1 - songs) * np.log(1 - reconstructed)).sum(axis=(1, 2))
+    kl = -0.5 * (1 + z_log_var - z_mean**2 - np.exp(z_log_var)).sum(axis=1)  # 2.27 and 2.14 nats
+    kl_cost = np.maximum(kl - free_bits * math.log(2), 0)  # 3 bits = 2.08 nats free
+    assert loss == pytest.approx(cross_entropy.mean() + 0.5 * kl_cost.mean(), rel=1e-4)
+    assert float(vae.kl_tracker.result()) == pytest.approx(kl.mean(), rel=1e-5)  # the KL logged is all of it
+
+
+def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path):
+    code, run = train(tmp_path, "--kl-warmup", "2", epochs=3)
+    assert code == 0
+    history = json.loads((run / "state.json").read_text())["history"]
+    assert [row["kl_share"] for row in history] == [0, 0.5, 1]
+    assert history[0]["loss"] == pytest.approx(history[0]["reconstruction"], rel=1e-6)
+    assert history[2]["loss"] == pytest.approx(history[2]["reconstruction"] + history[2]["kl"], rel=1e-4)
+    assert keras.saving.load_model(run / "model" / "vae.keras").kl_share.numpy() == 1  # its variable is saved
+
+
+# --- where songs come from ---------------------------------------------------------------------
+
+
+def test_a_density_fitted_to_codes_gives_back_their_mean_and_covariance(tmp_path):
+    rng = np.random.default_rng(0)
+    covariance = np.array([[0.04, 0.03, 0], [0.03, 0.09, 0], [0, 0, 0.01]])
+    codes = rng.multivariate_normal([1.0, -0.5, 0.2], covariance, size=20_000)
+    density = LatentDensity.fit(codes)
+    np.testing.assert_allclose(density.mean, [1.0, -0.5, 0.2], atol=0.01)
+    np.testing.assert_allclose(density.scale @ density.scale.T, covariance, atol=0.005)
+    drawn = density.latents(rng.standard_normal((20_000, 3)))
+    np.testing.assert_allclose(np.cov(drawn, rowvar=False), covariance, atol=0.005)
+    assert np.allclose(density.latents(np.zeros((1, 3))), density.mean)  # noise 0: the mean
+    assert np.allclose(density.latents(np.ones((1, 3)), temperature=0.5) - density.mean, 0.5 * density.scale.sum(1))
+    density.write(tmp_path / DENSITY_FILE)
+    loaded = LatentDensity.load(tmp_path / DENSITY_FILE)
+    assert np.array_equal(loaded.mean, density.mean) and np.array_equal(loaded.scale, density.scale)
+    prior = LatentDensity.prior(3)
+    assert np.array_equal(prior.latents(codes[:5].astype(np.float32)), codes[:5].astype(np.float32))
+    # Codes in fewer dimensions than the space (one song, collapsed units) still give a density.
+    assert np.isfinite(LatentDensity.fit(np.ones((1, 3))).scale).all()
+    assert np.isfinite(LatentDensity.fit(np.c_[codes[:50, :2], np.zeros(50)]).scale).all()
+
+
+# --- which cells are notes ---------------------------------------------------------------------
+
+
+def test_a_cap_keeps_the_strongest_pitches_of_every_step():
+    rng = np.random.default_rng(2)
+    song = rng.random((2, PITCHES * STEPS_PER_MEASURE)).astype(np.float32)
+    capped = strongest_per_step(song, 3).reshape(2, PITCHES, STEPS_PER_MEASURE)
+    cells = song.reshape(2, PITCHES, STEPS_PER_MEASURE)
+    assert (np.count_nonzero(capped, axis=1) == 3).all()
+    third = np.sort(cells, axis=1)[:, -3:, :]  # the three strongest of each step, kept as they were
+    assert np.array_equal(np.sort(capped, axis=1)[:, -3:, :], third)
+    kept, threshold = NoteRule(threshold=0.0, max_pitches_per_step=3).apply(song)
+    assert np.count_nonzero(kept >= max(threshold, 1e-9)) == 2 * STEPS_PER_MEASURE * 3
+
+
+def test_a_calibrated_threshold_gives_songs_the_average_note_count_and_each_its_own():
+    rng = np.random.default_rng(3)
+    loudness = np.linspace(0.5, 1.5, 8)[:, None, None]  # songs that the decoder is more or less sure of
+    songs = (rng.random((8, 16, 9216)) ** 20 * loudness).astype(np.float32)
+    rule = NoteRule(notes=100, calibrate=True).calibrated(songs)
+    counts = [np.count_nonzero(rule.apply(song)[0] >= rule.threshold) for song in songs]
+    assert sum(counts) == 800 and counts == sorted(counts) and counts[0] < counts[-1] / 2
+    per_song = NoteRule(notes=100)  # the paper's way here: every song exactly 100
+    assert per_song.calibrated(songs) is per_song
+    assert {np.count_nonzero(per_song.apply(song)[0] >= per_song.apply(song)[1]) for song in songs} == {100}
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def test_transposition_keeps_every_note_in_the_window_and_packed_songs_move_alike():
+    song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+    song[:, 2, 0] = song[:, 90, 48] = 1  # 2 semitones of room below, 5 above
+    flat = song.reshape(16, -1)
+    shifts = set()
+    for draw in range(200):
+        moved = transposed(flat, 12, np.random.default_rng(draw)).reshape(16, PITCHES, STEPS_PER_MEASURE)
+        rows = np.flatnonzero(moved.any(axis=(0, 2)))
+        shifts.add(int(rows[0]) - 2)
+        assert rows[-1] - rows[0] == 88 and moved.sum() == song.sum()
+        packed = transposed(np.packbits(flat, axis=-1), 12, np.random.default_rng(draw))
+        assert np.array_equal(np.unpackbits(packed, axis=-1), moved.reshape(16, -1))
+    assert shifts == set(range(-2, 6))
+    assert transposed(np.zeros_like(flat), 12, np.random.default_rng(0)).sum() == 0
+
+
+def test_transposed_batches_follow_from_the_seed_and_the_epoch(tmp_path):
+    paths = sorted(make_samples(tmp_path / "samples", 8).glob("*.npy"))
+    songs = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1, transpose=5)
+    again = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1, transpose=5, cache=True)
+    first = songs[0]
+    assert np.array_equal(np.unpackbits(again[0], axis=-1), first)
+    songs.start_epoch(1)
+    assert not np.array_equal(songs[0], first)
+    plain = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1)
+    assert sorted(first.sum(axis=(1, 2))) == sorted(plain[0].sum(axis=(1, 2)))  # the same notes, moved
+
+
+# --- a run with every lever --------------------------------------------------------------------
+
+LEVERS = [
+    "--sample-from", "data", "--temperature", "0.8", "--note-rule", "calibrated", "--max-pitches-per-step", "3",
+    "--transpose", "3", "--dropout", "0.2", "--kl-cycle", "2", "--free-bits", "2", "--songs", "4",
+]
+
+
+def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
+    samples = make_samples(tmp_path / "samples", 12)
+    code, whole = train(tmp_path / "whole", *LEVERS, data=samples, epochs=3)
+    assert code == 0
+    code, part = train(tmp_path / "part", *LEVERS, data=samples, epochs=2)
+    assert code == 0
+    assert mg.main(["train", "--resume", str(part), "--epochs", "3"]) == 0
+    histories = [json.loads((run / "state.json").read_text())["history"] for run in (whole, part)]
+    for ours, theirs in zip(*histories):
+        assert {key: value for key, value in ours.items() if key not in ("seconds", "samples_per_s", "mfu")} == (
+            pytest.approx({key: value for key, value in theirs.items() if key not in ("seconds", "samples_per_s", "mfu")})
+        )
+    for run in (whole, part):
+        assert (run / "model" / DENSITY_FILE).is_file() and not list((run / "model").glob("epoch*"))
+    for name in ("final_song01", "final_song04", "epoch003_song02"):
+        np.testing.assert_allclose(
+            np.load(whole / "generated" / "npy" / f"{name}.npy"), np.load(part / "generated" / "npy" / f"{name}.npy"),
+            atol=1e-6, err_msg=name,
+        )
+    results = json.loads((whole / "evaluation.json").read_text())
+    notes = [values["notes_per_measure"] for values in results["songs"].values()]
+    assert len(set(notes)) > 1  # a calibrated threshold: each song as many notes as its values say
+    for path in (whole / "generated" / "npy").glob("final_*.npy"):
+        song = np.load(path)
+        kept, threshold = NoteRule(threshold=0.0, max_pitches_per_step=3).apply(song)
+        assert (np.count_nonzero((kept > 0).reshape(16, PITCHES, STEPS_PER_MEASURE), axis=1) <= 3).all()
+
+
+def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
+    code, run = train(tmp_path, "--songs", "2")  # from the prior, with no density
+    assert code == 0 and not (run / "model" / DENSITY_FILE).exists()
+    result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "4", "--no-audio")
+    assert result.returncode == 0, result.stderr
+    prior = np.load(run / "generated" / "npy" / "sample_song01.npy")
+    result = run_cli(
+        "generate", "--run", run, "--songs", "2", "--seed", "4", "--no-audio", "--sample-from", "data",
+        "--note-rule", "calibrated",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (run / "model" / DENSITY_FILE).is_file()  # fitted to the run's training songs now, and kept
+    assert not np.array_equal(np.load(run / "generated" / "npy" / "sample_song01.npy"), prior)
+    for args, message in [
+        (["--temperature", "0"], "argument --temperature: must be more than 0"),
+        (["--note-rule", "loud"], "argument --note-rule: invalid choice"),
+        (["--max-pitches-per-step", "97"], "argument --max-pitches-per-step: must be from 0 to 96"),
+    ]:
+        result = run_cli("generate", "--run", run, "--no-audio", *args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kl-cycle", "1"], "--kl-cycle 1 would keep the KL weight at 0"),
+        (["--free-bits", "-1"], "argument --free-bits: must be 0 or more"),
+        (["--dropout", "1"], "argument --dropout: must be at least 0 and below 1"),
+        (["--transpose", "49"], "argument --transpose: must be from 0 to 48"),
+        (["--sample-from", "posterior"], "argument --sample-from: invalid choice"),
+    ],
+)
+def test_lever_mistakes_get_one_line_and_exit_code_2(tmp_path, args, message):
+    samples = make_samples(tmp_path / "samples", 2)
+    result = run_cli("train", "--data", samples, "--output-dir", tmp_path / "runs", *SMALL, *args)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and not (tmp_path / "runs").exists()
