@@ -112,7 +112,7 @@ def evaluation_image(results):
         real = np.array(results["data_features"][feature], np.float64)
         ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
         real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
-        edges = np.histogram_bin_edges(np.concatenate([real, ours]), bins=20) if len(real) + len(ours) else 20
+        edges = histogram_edges(np.concatenate([real, ours]))
         axes.hist(real, bins=edges, density=True, color="0.6", label="data")
         axes.hist(ours, bins=edges, density=True, histtype="step", linewidth=2, color="tab:red", label="generated")
         overlap = results["features"][feature]["overlap"]
@@ -131,6 +131,16 @@ def evaluation_image(results):
     active = f"{latent['active_units']} of {len(kl)} active (> {music_metrics.ACTIVE_KL})"
     axes.set_title(f"KL per latent dimension, sorted\n{active}, {latent['kl_per_song']:.1f} nats in all", fontsize=10)
     return figure_pixels(figure)
+
+
+def histogram_edges(values, bins=20):
+    """``bins`` + 1 edges of equal bins over ``values``; around them where they are one
+    value up to rounding (the entropies of a song and its transposition can differ in their
+    last bit), a range numpy cannot split into bins."""
+    low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    if high - low <= 1e-9 * max(1.0, abs(high)):
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
 
 
 def write_evaluation(folder, results):

@@ -19,7 +19,7 @@ from music_vae.audio import (
     AUDIO_PEAK, AUDIO_SAMPLE_RATE, AUDIO_TAIL_S, HIDE_FLUIDSYNTH, SOUNDFONTS, Synthesizer, has_fluidsynth, wav_writer,
 )
 from music_vae.dataset import read_data
-from music_vae.evaluation import evaluation_table, finite
+from music_vae.evaluation import evaluation_image, evaluation_table, finite, histogram_edges
 from music_vae.files import UsageError, atomic_write
 from music_vae.run_page import song_groups
 from music_vae.samples import (
@@ -184,6 +184,18 @@ def test_a_dataset_against_itself_overlaps_fully_and_far_apart_values_do_not():
     assert mm.overlapping_area([0, 1, 2, 1.5], [100, 101, 102]) < 1e-6
     assert mm.overlapping_area([3, 3, 3], [3, 3]) == pytest.approx(1.0)
     assert mm.overlapping_area([np.nan], [1, 2]) is None
+
+
+def test_the_evaluation_picture_is_drawn_for_values_equal_up_to_rounding():
+    real = make_real_songs(6)
+    results = _finished(mm.compare({f"s{i}": song for i, song in enumerate(real)}, real))
+    # A song and its transposition: the same pitch-class shares, summed in another order, give
+    # entropies that differ in their last bits.
+    results["data_features"]["pitch_class_entropy"] = [2.0, 2.0 - 2**-52]
+    for values in results["songs"].values():
+        values["pitch_class_entropy"] = 2.0
+    assert evaluation_image(results).shape[2] == 4
+    assert list(histogram_edges(np.array([2.0, 2.0]), bins=2)) == [1.5, 2.0, 2.5]
 
 
 def test_a_silent_song_is_reported_and_left_out_of_the_features_it_has_none_of():
