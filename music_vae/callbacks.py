@@ -148,7 +148,9 @@ class CtrlC(keras.callbacks.Callback):
 
     def __enter__(self):
         self.previous = None
-        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+        # Only the main thread may handle signals; and a process started with SIGINT ignored
+        # (in the background, by nohup) keeps ignoring it, as Python itself does.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self.press)
         return self
 

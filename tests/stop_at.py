@@ -94,6 +94,9 @@ def at_call(stop, name, count=1):
 
 
 if __name__ == "__main__":
+    # Ctrl-C as in a terminal, also where this runs in a background job that ignores SIGINT
+    # (bash without job control ignores it for `cmd &`, and children inherit that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     how, _, when = sys.argv[1].partition("@")
     kind, _, where = when.partition(":")
     stop = stopper(how)

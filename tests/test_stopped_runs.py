@@ -19,7 +19,7 @@ import pretty_midi
 import pytest
 
 import music_generator as mg
-from music_vae import files
+from music_vae import callbacks, files
 from music_vae.run_folder import RunFolder
 from test_data_loader import REPO
 from test_music_generator import SMALL, make_samples, run_cli, train
@@ -216,3 +216,19 @@ def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys
     assert "is being trained by another process" in capsys.readouterr().err
     assert (run / "state.json").read_bytes() == before
     assert (run / "generated" / "img" / "epoch002_song01.png").exists()  # not cleaned away from under it
+
+
+@posix
+def test_ctrl_c_handling_takes_sigint_only_where_the_process_has_not_ignored_it():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with callbacks.CtrlC() as ctrl_c:
+            assert signal.getsignal(signal.SIGINT) == ctrl_c.press
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # Started in the background (`cmd &` without job control) or by nohup: ignored, and so it stays.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with callbacks.CtrlC():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
