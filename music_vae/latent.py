@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from music_vae.dataset import read_sample, subset
-from music_vae.model import ops
+from music_vae.model import keras, ops
 
 DENSITY_FILE = "latent_density.npz"  # in a run's model/ folder, beside the models it was fitted with
 DENSITY_SAMPLES = 512  # training songs encoded to fit it after every epoch: 4 for each of 120 x 120 covariances
@@ -25,10 +25,12 @@ ENCODE_BATCH = 32
 
 def encode(encoder, songs):
     """(z_mean, z_log_var) of ``songs``, each (songs, latent) float32, in batches."""
+    # Without the Sampling layer: its noise would move on, and training after it draw other noise.
+    distribution = keras.Model(encoder.inputs, encoder.outputs[:2])
     means, log_variances = [], []
     for start in range(0, len(songs), ENCODE_BATCH):
         batch = np.stack(songs[start : start + ENCODE_BATCH]).astype(np.float32)
-        z_mean, z_log_var, _ = encoder(ops.convert_to_tensor(batch), training=False)
+        z_mean, z_log_var = distribution(ops.convert_to_tensor(batch), training=False)
         means.append(ops.convert_to_numpy(ops.cast(z_mean, "float32")))  # not bfloat16: numpy sums it badly
         log_variances.append(ops.convert_to_numpy(ops.cast(z_log_var, "float32")))
     latent = encoder.output[0].shape[-1]

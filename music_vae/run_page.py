@@ -17,8 +17,8 @@ from music_vae.run_folder import loss_columns, now
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
-    "data", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "precision", "latent", "seed", "threshold",
-    "bpm",
+    "data", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "precision", "latent", "seed", "sample_from",
+    "note_rule", "threshold", "bpm",
 )
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True,

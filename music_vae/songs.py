@@ -63,7 +63,13 @@ class NoteRule:
             return self
         if self.max_pitches_per_step:
             songs = np.stack([strongest_per_step(song, self.max_pitches_per_step) for song in songs])
-        _, threshold = strongest_cells(songs, self.notes * len(songs))
+        values, wanted = np.ravel(songs), self.notes * len(songs)
+        _, threshold = strongest_cells(values, wanted)
+        # A bfloat16 decoder gives thousands of cells the same value: of the threshold at that
+        # value and the one just above it, the one whose note count comes nearer to the wish.
+        above = values[values > threshold]
+        if len(above) and abs(len(above) - wanted) < abs(np.count_nonzero(values >= threshold) - wanted):
+            threshold = float(above.min())
         return dataclasses.replace(self, threshold=threshold)
 
 

@@ -361,7 +361,7 @@ def test_dataset_reshuffles_every_epoch_and_repeats_for_the_same_seed(tmp_path):
     assert len(files) == 3 and files[2].shape == (2, 16, 9216)
 
 
-def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(tmp_path, monkeypatch):
+def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(tmp_path, monkeypatch, capsys):
     """The order of epoch N is that of (seed, N), whatever Keras' reader threads do between
     epochs: Keras 3.3's thread calls PyDataset.on_epoch_end by itself once a step takes
     over 0.1 s, so counting those calls mixed two orders in one epoch."""
@@ -387,6 +387,7 @@ def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(
     monkeypatch.setattr(SongFiles, "__getitem__", recorded_read)
     code, _ = train(tmp_path, "--songs-per-epoch", "0", "--songs", "0", "--no-audio", epochs=3)
     assert code == 0
+    assert "epoch 3: model saved\n" in capsys.readouterr().out  # and no "songs with  notes"
     assert {epoch for epoch, _ in reads} == {0, 1, 2}
     assert all(order == epoch for epoch, order in reads), reads
 
