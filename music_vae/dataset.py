@@ -40,9 +40,9 @@ class SongFiles(keras.utils.PyDataset):
     and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
     the epoch through the ``EpochOrder`` callback. With ``transpose``, every song of a
     batch is moved by up to that many semitones up or down, drawn the same way, as far as
-    its notes stay inside the pitch window: more songs to learn from, in every key. A file that can
-    no longer be read is reported once and a silent song takes its place, so that a long
-    run never dies of one file.
+    its notes stay inside the pitch window: more songs to learn from, in every key. A file
+    that can no longer be read is reported once and a silent song takes its place, so that
+    a long run never dies of one file.
     """
 
     def __init__(self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0):

@@ -152,8 +152,11 @@ class RunFolder:
 
     def use_models(self, epoch):
         """Move the models of ``epoch``, which state.json records, into place. A kill halfway
-        leaves the rest in their folder, which ``recover`` moves."""
+        leaves the rest in their folder, which ``recover`` moves. A latent density fitted to
+        the models of an earlier epoch goes: it would draw from where they put the songs."""
         folder = self.staged_models(epoch)
+        if not (folder / DENSITY_FILE).exists():
+            (self.model / DENSITY_FILE).unlink(missing_ok=True)
         for path in folder.iterdir():
             os.replace(path, self.model / path.name)
         folder.rmdir()

@@ -168,10 +168,10 @@ def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
     assert code == 0
     assert mg.main(["train", "--resume", str(part), "--epochs", "2"]) == 0
     histories = [json.loads((run / "state.json").read_text())["history"] for run in (whole, part)]
+    timings = ("seconds", "samples_per_s", "mfu")
     for ours, theirs in zip(*histories):
-        assert {key: value for key, value in ours.items() if key not in ("seconds", "samples_per_s", "mfu")} == (
-            pytest.approx({key: value for key, value in theirs.items() if key not in ("seconds", "samples_per_s", "mfu")})
-        )
+        ours, theirs = ({key: value for key, value in row.items() if key not in timings} for row in (ours, theirs))
+        assert ours == pytest.approx(theirs)
     for run in (whole, part):
         assert (run / "model" / DENSITY_FILE).is_file() and not list((run / "model").glob("epoch*"))
     for name in ("final_song01", "final_song04", "epoch002_song02"):
@@ -201,6 +201,8 @@ def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (run / "model" / DENSITY_FILE).is_file()  # fitted to the run's training songs now, and kept
     assert not np.array_equal(np.load(run / "generated" / "npy" / "sample_song01.npy"), prior)
+    assert mg.main(["train", "--resume", str(run), "--epochs", "3", "--no-audio"]) == 0
+    assert not (run / "model" / DENSITY_FILE).exists()  # fitted to the models of epoch 2, not to these
 
 # The mistakes run in this process: test_music_generator runs the command line's one-line
 # errors in a fresh one, with and without FluidSynth.
