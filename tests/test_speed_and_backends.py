@@ -110,6 +110,8 @@ def test_training_generation_and_loading_work_on_every_backend(tmp_path, backend
     out = run(
         "music_generator.py", "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", "2",
         "--batch-size", "4", "--lr", "0.001", "--cache", "--precision", "bfloat16", *SMALL, "--songs", "2",
+        # The levers of issue 13 too: a KL weight that a compiled step must read anew every epoch.
+        "--kl-warmup", "2", "--transpose", "2", "--dropout", "0.1", "--sample-from", "data",
     )
     assert "Done:" in out
     folder = next((tmp_path / "runs").iterdir())
@@ -124,3 +126,7 @@ def test_training_generation_and_loading_work_on_every_backend(tmp_path, backend
         "print(type(v).__name__, v.optimizer.iterations.numpy())",
     )
     assert loaded.split() == ["VAE", "6"]  # 2 batches a epoch, 3 epochs
+    history = json.loads((folder / "state.json").read_text())["history"]
+    assert [row["kl_share"] for row in history] == [0, 0.5, 1]
+    kl_cost = history[1]["loss"] - history[1]["reconstruction"]
+    assert kl_cost == pytest.approx(0.5 * history[1]["kl"], abs=0.2 * history[1]["kl"])  # half the weight
