@@ -15,7 +15,7 @@ from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE
 from music_vae.songs import NoteRule, strongest_per_step
-from test_music_generator import make_samples, run_cli, train
+from test_music_generator import make_samples, train
 
 TINY = ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3)
 
@@ -46,7 +46,7 @@ def test_the_loss_is_the_summed_reconstruction_plus_the_weighted_kl_above_the_fr
 
 
 def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path):
-    code, run = train(tmp_path, "--kl-warmup", "2", epochs=3)
+    code, run = train(tmp_path, "--kl-warmup", "2", "--songs-per-epoch", "0", "--songs", "0", "--no-audio", epochs=3)
     assert code == 0
     history = json.loads((run / "state.json").read_text())["history"]
     assert [row["kl_share"] for row in history] == [0, 0.5, 1]
@@ -156,7 +156,7 @@ def test_transposed_batches_follow_from_the_seed_and_the_epoch(tmp_path):
 
 LEVERS = [
     "--sample-from", "data", "--temperature", "0.8", "--note-rule", "calibrated", "--max-pitches-per-step", "3",
-    "--transpose", "3", "--dropout", "0.2", "--kl-cycle", "2", "--free-bits", "2", "--songs", "4",
+    "--transpose", "3", "--dropout", "0.2", "--kl-cycle", "2", "--free-bits", "2", "--songs", "4", "--no-audio",
 ]
 
 
@@ -166,7 +166,7 @@ def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
     assert code == 0
     code, part = train(tmp_path / "part", *LEVERS, data=samples, epochs=1)
     assert code == 0
-    assert mg.main(["train", "--resume", str(part), "--epochs", "2"]) == 0
+    assert mg.main(["train", "--resume", str(part), "--epochs", "2", "--no-audio"]) == 0
     histories = [json.loads((run / "state.json").read_text())["history"] for run in (whole, part)]
     timings = ("seconds", "samples_per_s", "mfu")
     for ours, theirs in zip(*histories):
@@ -189,20 +189,17 @@ def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
 
 
 def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
-    code, run = train(tmp_path, "--songs", "2")  # from the prior, with no density
+    code, run = train(tmp_path, "--songs", "2", "--no-audio")  # from the prior, with no density
     assert code == 0 and not (run / "model" / DENSITY_FILE).exists()
-    result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "4", "--no-audio")
-    assert result.returncode == 0, result.stderr
+    generate = ["generate", "--run", str(run), "--songs", "2", "--seed", "4", "--no-audio"]
+    assert mg.main(generate) == 0
     prior = np.load(run / "generated" / "npy" / "sample_song01.npy")
-    result = run_cli(
-        "generate", "--run", run, "--songs", "2", "--seed", "4", "--no-audio", "--sample-from", "data",
-        "--note-rule", "calibrated",
-    )
-    assert result.returncode == 0, result.stderr
+    assert mg.main([*generate, "--sample-from", "data", "--note-rule", "calibrated"]) == 0
     assert (run / "model" / DENSITY_FILE).is_file()  # fitted to the run's training songs now, and kept
     assert not np.array_equal(np.load(run / "generated" / "npy" / "sample_song01.npy"), prior)
     assert mg.main(["train", "--resume", str(run), "--epochs", "3", "--no-audio"]) == 0
     assert not (run / "model" / DENSITY_FILE).exists()  # fitted to the models of epoch 2, not to these
+
 
 # The mistakes run in this process: test_music_generator runs the command line's one-line
 # errors in a fresh one, with and without FluidSynth.
