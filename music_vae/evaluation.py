@@ -263,7 +263,7 @@ def summary_rows(results):
 
         rows += [
             (
-                f"songs near a copy of a training sample (Jaccard >= {music_metrics.COPY_JACCARD})",
+                f"near copies of a training sample (Jaccard >= {music_metrics.COPY_JACCARD})",
                 beside(lambda copies: f"{copies['copies']} of {copies['songs']}"),
             ),
             (

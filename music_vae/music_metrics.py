@@ -42,7 +42,7 @@ FEATURES = {
     "polyphony": ("polyphony (onsets per onset step)", "poly"),
     "sixteenth_grid": ("onsets on the 16th-note grid (share)", "grid16"),
     "repeated_measures": ("repeated measure pairs (share)", "repeats"),
-    "scale_consistency": ("notes in the best major/minor scale (share)", "scale"),
+    "scale_consistency": ("in the best major/minor scale (share)", "scale"),
     "groove_consistency": ("groove consistency (1 - onset change)", "groove"),
 }
 
