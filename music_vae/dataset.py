@@ -86,7 +86,7 @@ class SongFiles(keras.utils.PyDataset):
     def _load(self, path):
         """A sample as uint8 0/1: any non-zero value is an onset."""
         try:
-            song = np.load(path)
+            song = load_in_thread(path)
             if song.shape != self.shape:
                 raise ValueError(f"shape {song.shape}, expected {self.shape}")
             return (song != 0).view(np.uint8)
@@ -100,6 +100,20 @@ class SongFiles(keras.utils.PyDataset):
         """Take the order of ``epoch`` (counted from 0)."""
         self.epoch = epoch
         self.order = self._order()
+
+
+def load_in_thread(path, attempts=5):
+    """``np.load(path)`` in a reader thread. np.load parses the file's header with Python's
+    own parser, which in CPython 3.11 can fail when another thread parses at the same time
+    (``SystemError: AST constructor recursion depth mismatch``; TensorFlow parses Python
+    source while it traces the training step, as the reader threads load the first batches):
+    such a load is tried again."""
+    for attempt in range(attempts):
+        try:
+            return np.load(path)
+        except SystemError:
+            if attempt == attempts - 1:
+                raise
 
 
 def transposed(song, semitones, rng):
