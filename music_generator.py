@@ -30,7 +30,7 @@ try:
     from music_vae.run_folder import RunFolder, data_settings
     from music_vae.run_page import write_run_page
     from music_vae.samples import PITCHES
-    from music_vae.songs import NoteRule, SongStyle, fitted_rule, fixed_noise, write_songs
+    from music_vae.songs import SongStyle, fixed_noise, song_source, write_songs
     from music_vae.training import DEFAULTS, run_parameters, train
 except ImportError as error:
     if __name__ != "__main__":
@@ -53,7 +53,7 @@ def generate(args):
     song_options = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
     parameters = run_parameters(state)
     parameters.update({key: getattr(args, key) for key in song_options if getattr(args, key) is not None})
-    density, rule = song_source(run, state, parameters, decoder)
+    density, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, lambda: own_density(run, state))
     synthesizer = song_synthesizer(args)
     note_sine_waves(synthesizer)
     style = SongStyle(rule, parameters["bpm"], data_settings(state).lowest_pitch, synthesizer)
@@ -64,14 +64,6 @@ def generate(args):
     songs = ", ".join(f"{song.name} ({song.notes} notes)" for song in written)
     print(f"{len(written)} songs with seed {seed} in {folder}: {songs}")
     return 0
-
-
-def song_source(run, state, parameters, decoder):
-    """Where the songs of a run with ``parameters`` come from, and which of their cells are
-    notes: (LatentDensity, NoteRule)."""
-    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], lambda: own_density(run, state))
-    rule = NoteRule.of_run(parameters, state["data"]["mean_notes"])
-    return density, fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
 
 
 def own_density(run, state):
@@ -106,7 +98,7 @@ def evaluate(args):
         training = own.training
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
-    _, rule = song_source(run, state, parameters, decoder)
+    _, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, lambda: own_density(run, state))
     results = evaluate_songs(
         encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training, rule=rule,
         settings=settings, samples=args.samples, seed=parameters["seed"],

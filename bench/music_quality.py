@@ -47,7 +47,7 @@ from music_vae.dataset import read_data, read_sample  # noqa: E402
 from music_vae.evaluation import evaluate_songs, originality  # noqa: E402
 from music_vae.model import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, data_settings, environment  # noqa: E402
-from music_vae.songs import NoteRule, fitted_rule  # noqa: E402
+from music_vae.songs import song_source  # noqa: E402
 from music_vae.training import run_parameters  # noqa: E402
 
 DEFAULT_MIDI = REPO.parent / "shared" / "midi" / "vgmidi"
@@ -140,9 +140,7 @@ def judge_config(name, flags, samples, data, epochs, args, trained):
     parameters = {**run_parameters(state), **song_options}
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
-    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], None)  # generate fitted it
-    rule = NoteRule.of_run(parameters, state["data"]["mean_notes"])
-    rule = fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
+    _, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, fit=None)  # generate fitted it
     evaluation = evaluate_songs(
         encoder, decoder, sorted((folder / "midi").glob("*.mid")), data_paths=data.validation,
         held_out=data.validation, training=data.training, rule=rule, settings=data_settings(state),

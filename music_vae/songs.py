@@ -123,6 +123,15 @@ def fixed_noise(count, latent, seed):
     return np.random.default_rng(seed).standard_normal((count, latent)).astype(np.float32)
 
 
+def song_source(run, parameters, notes, decoder, fit):
+    """Where the songs of ``run`` (a RunFolder) with ``parameters`` (train's options) come
+    from, and which of their cells are notes, for ``notes`` notes a song: (LatentDensity,
+    NoteRule). ``fit()`` fits the density where the run has none yet."""
+    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], fit)
+    rule = NoteRule.of_run(parameters, notes)
+    return density, fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
+
+
 def fitted_rule(rule, decoder, density, temperature, seed):
     """``rule``, calibrated where it calibrates on CALIBRATION_SONGS songs of ``decoder``
     drawn from ``density`` (a LatentDensity) at ``temperature``."""
