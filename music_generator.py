@@ -139,6 +139,11 @@ def parse_args(argv=None):
     option(group, "--run-name", "name of the run; its folder is <output-dir>/<YYYYMMDDHHMMSS>_<run-name>")
     option(group, "--run-info", "why this run: written at the top of its info file")
     option(group, "--output-dir", "where run folders go")
+    option(
+        group, "--preset", "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, songs from the "
+        "prior, each song's strongest cells as notes, no transposition) for every option not given",
+        choices=("paper",),
+    )
     group.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -260,9 +265,11 @@ def add_song_options(parser, defaults=None):
     )
     add("--temperature", "scale of the songs' distance from the density's mean", type=positive_float)
     add(
-        "--note-rule", "which cells are notes: each song's strongest, as many as the average training sample has, "
-        "or those above one threshold for all songs, calibrated so that songs have that many on average",
-        choices=("per-song", "calibrated"),
+        "--note-rule", "which cells are notes: each song's strongest, as many as the average training sample has "
+        "(per-song); those above one threshold for all songs, calibrated so that songs have that many on average "
+        "(calibrated); or each measure's strongest, as many as its values sum to: the notes the decoder expects there "
+        "(expected)",
+        choices=("per-song", "calibrated", "expected"),
     )
     add(
         "--threshold", "notes are the cells at or above this value, in place of --note-rule", type=probability,

@@ -2,6 +2,7 @@
 (its values as .npy, its notes as MIDI, a piano-roll picture, and its sound as WAV)."""
 
 import dataclasses
+import math
 import sys
 from typing import NamedTuple
 
@@ -23,44 +24,58 @@ class NoteRule:
     Attributes
     ----------
     threshold : float or None
-        Notes are the cells at or above it. None: each song's ``notes`` strongest cells
-        (each song its own threshold, the same note count for all), unless ``calibrate``.
+        Notes are the cells at or above it, whatever ``method`` says.
     notes : float
         Notes of an average song: the average training sample's.
-    calibrate : bool
-        Use one threshold for all songs, set by ``calibrated`` so that songs have ``notes``
-        notes on average, each as many as its values say.
+    method : {"per-song", "calibrated", "expected"}
+        Without a threshold: "per-song" keeps each song's ``notes`` strongest cells (each
+        song its own threshold, the same note count for all); "calibrated" uses one
+        threshold for all songs, set by ``calibrated`` so that songs have ``notes`` notes on
+        average, each as many as its values say; "expected" keeps the strongest cells of
+        each measure, as many as its values sum to (the note count a decoder of note
+        probabilities expects there, which varies from measure to measure and song to song
+        as the data's does) times ``count_scale``, rounded.
     max_pitches_per_step : int
         Where not 0, only the strongest this many pitches of a step can be notes: a cap
         on the stacked chords of a blurred song.
+    count_scale : float
+        Of "expected": set by ``calibrated`` so that songs have ``notes`` notes on average,
+        where the decoder expects fewer or more than the data have (a blurred song's
+        values sum to fewer).
     """
 
     threshold: float = None
     notes: float = 0
-    calibrate: bool = False
+    method: str = "per-song"
     max_pitches_per_step: int = 0
+    count_scale: float = 1.0
 
     @classmethod
     def of_run(cls, parameters, notes):
         """The rule of a run's ``parameters`` (train's options), for ``notes`` notes a song."""
         return cls(
-            parameters["threshold"], notes, calibrate=parameters["note_rule"] == "calibrated",
+            parameters["threshold"], notes, method=parameters["note_rule"],
             max_pitches_per_step=parameters["max_pitches_per_step"],
         )
 
     def apply(self, song):
         """(``song`` with the cells that are not notes set to 0, the threshold its notes pass)."""
-        if self.max_pitches_per_step:
-            song = strongest_per_step(song, self.max_pitches_per_step)
-        if self.threshold is None:
-            return strongest_cells(song, self.notes)
-        return song, self.threshold
+        capped = strongest_per_step(song, self.max_pitches_per_step) if self.max_pitches_per_step else song
+        if self.threshold is not None:
+            return capped, self.threshold
+        if self.method == "expected":
+            return expected_cells(capped, self.count_scale * np.sum(song, axis=-1))
+        return strongest_cells(capped, self.notes)
 
     def calibrated(self, songs):
-        """This rule, with the threshold that gives ``songs`` (count, measures, 9216 values
-        from the decoder) ``notes`` notes each on average, where it calibrates."""
-        if not self.calibrate or len(songs) == 0:
+        """This rule, calibrated so that ``songs`` (count, measures, 9216 values from the
+        decoder) have ``notes`` notes each on average: with one threshold for all songs, or
+        the scale of the expected counts (``method``); per-song needs no calibration."""
+        if self.method == "per-song" or self.threshold is not None or len(songs) == 0:
             return self
+        if self.method == "expected":
+            expected = float(np.mean(np.sum(songs, axis=(1, 2), dtype=np.float64)))
+            return dataclasses.replace(self, count_scale=self.notes / expected if expected > 0 else 1.0)
         if self.max_pitches_per_step:
             songs = np.stack([strongest_per_step(song, self.max_pitches_per_step) for song in songs])
         values, wanted = np.ravel(songs), self.notes * len(songs)
@@ -107,6 +122,19 @@ def strongest_cells(song, notes):
     return kept.reshape(np.shape(song)), max(float(values[strongest].min()), MIN_THRESHOLD)
 
 
+def expected_cells(song, counts):
+    """``song`` (measures, 9216) with all but the ``round(counts[m])`` strongest cells of
+    each measure m set to 0, and the threshold those cells pass: the weakest of them (at
+    least MIN_THRESHOLD)."""
+    kept = np.zeros_like(song)
+    weakest = math.inf
+    for measure, (values, count) in enumerate(zip(song, np.round(counts).astype(int))):
+        if count > 0:
+            kept[measure], threshold = strongest_cells(values, count)
+            weakest = min(weakest, threshold)
+    return kept, weakest if math.isfinite(weakest) else 1.0  # no note: any threshold above 0 says so
+
+
 def strongest_per_step(song, count):
     """``song`` (measures, 9216) with all but the ``count`` strongest pitches of every step
     set to 0."""
@@ -135,7 +163,7 @@ def song_source(run, parameters, notes, decoder, fit):
 def fitted_rule(rule, decoder, density, temperature, seed):
     """``rule``, calibrated where it calibrates on CALIBRATION_SONGS songs of ``decoder``
     drawn from ``density`` (a LatentDensity) at ``temperature``."""
-    if not rule.calibrate:
+    if rule.method == "per-song" or rule.threshold is not None:
         return rule
     noise = fixed_noise(CALIBRATION_SONGS, len(density.mean), seed + 2)  # seed, seed + 1: the songs' noise
     return rule.calibrated(decode(decoder, density.latents(noise, temperature)))

@@ -15,6 +15,7 @@ from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE
 from music_vae.songs import NoteRule, strongest_per_step
+from music_vae.training import with_defaults
 from test_music_generator import make_samples, train
 
 TINY = ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3)
@@ -108,18 +109,45 @@ def test_a_calibrated_threshold_gives_songs_the_average_note_count_and_each_its_
     rng = np.random.default_rng(3)
     loudness = np.linspace(0.5, 1.5, 8)[:, None, None]  # songs that the decoder is more or less sure of
     songs = (rng.random((8, 16, 9216)) ** 20 * loudness).astype(np.float32)
-    rule = NoteRule(notes=100, calibrate=True).calibrated(songs)
+    rule = NoteRule(notes=100, method="calibrated").calibrated(songs)
     counts = [np.count_nonzero(rule.apply(song)[0] >= rule.threshold) for song in songs]
     assert sum(counts) == 800 and counts == sorted(counts) and counts[0] < counts[-1] / 2
     # A bfloat16 decoder: 4 songs of 20 notes each, and 10,000 cells tied just below them.
     tied = np.zeros((4, 16, 9216), np.float32)
     tied[:, 0, :20], tied[:, 1:3, :5000] = 0.5, 0.25
-    rule = NoteRule(notes=30, calibrate=True).calibrated(tied)
+    rule = NoteRule(notes=30, method="calibrated").calibrated(tied)
     assert rule.threshold == 0.5  # 20 notes a song, nearer to 30 than the 10,020 of including the tie
     per_song = NoteRule(notes=100)  # the paper's way here: every song exactly 100
     assert per_song.calibrated(songs) is per_song
     assert {np.count_nonzero(per_song.apply(song)[0] >= per_song.apply(song)[1]) for song in songs} == {100}
 
+
+
+def test_the_expected_rule_gives_each_measure_as_many_notes_as_its_values_sum_to():
+    song = np.zeros((3, PITCHES * STEPS_PER_MEASURE), np.float32)
+    song[0, :10] = 0.19  # 2.83 notes expected: the 3 strongest of these
+    song[0, 3] = song[0, 7] = song[0, 9] = 0.5
+    song[1, :100] = 0.004  # 0.4 expected: no note
+    chord = np.arange(4) * STEPS_PER_MEASURE  # pitches 0-3 at step 0
+    song[2, chord] = 0.9
+    song[2, 1] = 0.2  # and pitch 0 at step 1: 3.8 expected, so the chord's 4 notes
+    kept, threshold = NoteRule(notes=500, method="expected").apply(song)
+    notes = kept >= threshold
+    assert notes.sum(axis=1).tolist() == [3, 0, 4]
+    assert np.flatnonzero(notes[0]).tolist() == [3, 7, 9]
+    # With a cap of 2 pitches a step, the measure still expects 3.8 notes (its values before
+    # the cap), but only 3 cells are left: two of the chord and the one of step 1.
+    kept, threshold = NoteRule(notes=500, method="expected", max_pitches_per_step=2).apply(song)
+    roll = (kept >= threshold).reshape(3, PITCHES, STEPS_PER_MEASURE)
+    assert roll.sum(axis=(1, 2)).tolist() == [3, 0, 3] and roll[2, :, 0].sum() == 2 and roll[2, 0, 1]
+    silent = np.zeros_like(song)
+    kept, threshold = NoteRule(method="expected").apply(silent)
+    assert not (kept >= threshold).any()
+    # Calibrated on songs whose values sum to half the data's notes, each count doubles (the
+    # third measure has only 5 cells above 0 for its 7.6).
+    rule = NoteRule(notes=2 * (2.83 + 0.4 + 3.8), method="expected").calibrated(np.stack([song, song]))
+    kept, threshold = rule.apply(song)
+    assert rule.count_scale == pytest.approx(2) and (kept >= threshold).sum(axis=1).tolist() == [6, 1, 5]
 
 # --- data --------------------------------------------------------------------------------------
 
@@ -150,6 +178,39 @@ def test_transposed_batches_follow_from_the_seed_and_the_epoch(tmp_path):
     assert not np.array_equal(songs[0], first)
     plain = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1)
     assert sorted(first.sum(axis=(1, 2))) == sorted(plain[0].sum(axis=(1, 2)))  # the same notes, moved
+
+
+# --- the paper, one flag away ------------------------------------------------------------------
+
+
+def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_them(tmp_path):
+    data = str(make_samples(tmp_path / "samples", 2))
+
+    def settings(*options):
+        args = mg.parse_args(["train", "--data", data, "--output-dir", str(tmp_path / "runs"), *options])
+        return vars(with_defaults(args))
+
+    paper = settings("--preset", "paper")
+    assert {key: paper[key] for key in PAPER_SETTINGS} == PAPER_SETTINGS
+    assert settings("--preset", "paper", "--lr", "0.002", "--note-rule", "expected")["lr"] == 0.002
+    default = settings()
+    assert {key: default[key] for key in PAPER_SETTINGS} == {
+        **PAPER_SETTINGS, "reconstruction": "bce", "batch_size": 64, "lr": 0.001, "transpose": 6,
+        "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 2,
+    }
+    code, run = train(tmp_path, "--preset", "paper", "--epochs", "1", "--songs", "1", "--no-audio")
+    parameters = json.loads((run / "state.json").read_text())["parameters"]
+    assert code == 0 and parameters["preset"] == "paper" and parameters["reconstruction"] == "mse"
+    assert parameters["batch_size"] == 4  # train() gives it
+
+
+# Sections 3.4 and 4.1 of the paper, and its note rule as far as it says.
+PAPER_SETTINGS = {
+    "measure_hidden": 2000, "measure_features": 200, "song_hidden": 1600, "latent": 120, "kl_weight": 1.0,
+    "reconstruction": "mse", "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0, "batch_size": 1,
+    "lr": 0.01, "transpose": 0, "precision": "float32", "sample_from": "prior", "temperature": 1.0,
+    "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0,
+}
 
 
 # --- a run with every lever --------------------------------------------------------------------
@@ -189,7 +250,7 @@ def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
 
 
 def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
-    code, run = train(tmp_path, "--songs", "2", "--no-audio")  # from the prior, with no density
+    code, run = train(tmp_path, "--songs", "2", "--no-audio", "--sample-from", "prior")  # no density
     assert code == 0 and not (run / "model" / DENSITY_FILE).exists()
     generate = ["generate", "--run", str(run), "--songs", "2", "--seed", "4", "--no-audio"]
     assert mg.main(generate) == 0
