@@ -140,8 +140,9 @@ def parse_args(argv=None):
     option(group, "--run-info", "why this run: written at the top of its info file")
     option(group, "--output-dir", "where run folders go")
     option(
-        group, "--preset", "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, songs from the "
-        "prior, each song's strongest cells as notes, no transposition) for every option not given",
+        group, "--preset", "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, KL weight 1 "
+        "throughout, no transposition, songs from the prior, each song's strongest cells as notes) for every option "
+        "not given",
         choices=("paper",),
     )
     group.add_argument(

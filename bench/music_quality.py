@@ -74,18 +74,17 @@ CONFIGS = {
     "dropout": BASELINE + DATA + CALIBRATED + CAP + TRANSPOSE + ["--dropout", "0.2"],
     "kl-cycle": BASELINE + DATA + CALIBRATED + CAP + TRANSPOSE + ["--kl-cycle", "4", "--free-bits", "16"],
     "default": SPEED,
+    "-kl-cycle": SPEED + ["--kl-cycle", "0", "--free-bits", "0"],
     "-transpose": SPEED + ["--transpose", "0"],
     "-data": SPEED + ["--sample-from", "prior"],
     "-expected": SPEED + ["--note-rule", "per-song"],
     "-cap": SPEED + ["--max-pitches-per-step", "0"],
     "-bce": SPEED + ["--reconstruction", "mse"],
     "+dropout": SPEED + ["--dropout", "0.2"],
-    "+kl-cycle": SPEED + ["--kl-cycle", "4", "--free-bits", "16"],
+    "batch-16": SPEED + ["--batch-size", "16"],
 }
-# The options of how songs are drawn and picked (generate's too), with their types.
-SONG_OPTIONS = {
-    "sample_from": str, "temperature": float, "note_rule": str, "threshold": float, "max_pitches_per_step": int,
-}
+# The options of how songs are drawn and picked (generate's too).
+SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step")
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
 NOT_LEARNT = {
     "run_name", "run_info", "output_dir", "preset", "cache", "jit", "log_every", "songs_per_epoch", "songs", "bpm",
@@ -135,12 +134,20 @@ def main():
 def judge_config(name, flags, samples, data, epochs, args, trained):
     """Train configuration ``name`` (or take the run of one that trained alike), write its
     songs with ``generate`` and judge them; its figures as a dict."""
-    training, song_options = split_options(flags)
-    if tuple(training) not in trained:
-        trained[tuple(training)] = train_run(name, training, samples, epochs, args)
-    run = trained[tuple(training)]
+    command = [
+        "train", "--data", str(samples), "--run-name", name, "--output-dir", str(args.work / "runs"), "--epochs",
+        str(epochs), "--songs", "0", "--songs-per-epoch", "0", "--no-audio", "--seed", str(SEED),
+        "--validation-split", str(VALIDATION_SPLIT), "--run-info", f"music_quality bench: {shlex.join(flags)}", *flags,
+    ]
+    settings = vars(with_defaults(music_generator.parse_args(command)))
+    alike = json.dumps(learnt(settings), sort_keys=True)  # runs trained so learn the same
+    if alike not in trained:
+        trained[alike] = train_run(name, command, learnt(settings), args)
+    run = trained[alike]
     if run is None:
         return {"flags": flags, "error": "train failed"}
+    # All of them, not only those given: the run may have been trained with other ones.
+    song_options = {key: settings[key] for key in SONG_OPTIONS if settings[key] is not None}
     folder = args.work / "songs" / name
     shutil.rmtree(folder, ignore_errors=True)
     command = [
@@ -174,19 +181,13 @@ def judge_config(name, flags, samples, data, epochs, args, trained):
     return result
 
 
-def train_run(name, options, samples, epochs, args):
-    """Train a run with ``options``, or take the finished one an earlier bench trained so;
-    its RunFolder, or None if training failed."""
-    info = f"music_quality bench: {shlex.join(options)}, {epochs} epochs"
-    command = [
-        "train", "--data", str(samples), "--run-name", name, "--output-dir", str(args.work / "runs"), "--epochs",
-        str(epochs), "--songs", "0", "--songs-per-epoch", "0", "--no-audio", "--seed", str(SEED),
-        "--validation-split", str(VALIDATION_SPLIT), "--run-info", info, *options,
-    ]
-    wanted = learnt(vars(with_defaults(music_generator.parse_args(command))))
+def train_run(name, command, settings, args):
+    """Train a run with ``command`` (music_generator.py's arguments), or take the finished
+    one an earlier bench trained with the same learnt ``settings``; its RunFolder, or None
+    if training failed."""
     for state_file in sorted((args.work / "runs").glob("*/state.json"), reverse=True):
         state = json.loads(state_file.read_text())
-        if state["status"] == "finished" and learnt(run_parameters(state)) == wanted:
+        if state["status"] == "finished" and learnt(run_parameters(state)) == settings:
             print(f"{name}: trained alike before: {state_file.parent}", flush=True)
             return RunFolder.open(state_file.parent)
     logs = args.work / "logs"
@@ -207,19 +208,6 @@ def train_run(name, options, samples, epochs, args):
 def learnt(parameters):
     """Of a run's ``parameters``, those that change what its model learns."""
     return {key: value for key, value in parameters.items() if key in DEFAULTS and key not in NOT_LEARNT}
-
-
-def split_options(flags):
-    """``flags`` (train options) as (those of training, a dict of those of the songs)."""
-    training, songs = [], {}
-    pairs = iter(flags)
-    for flag in pairs:
-        key = flag[2:].replace("-", "_")
-        if key in SONG_OPTIONS:
-            songs[key] = SONG_OPTIONS[key](next(pairs))
-        else:
-            training.append(flag)
-    return training, songs
 
 
 def flatten(song_options):

@@ -17,8 +17,8 @@ from music_vae.run_folder import loss_columns, now
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
-    "data", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "precision", "latent", "seed", "sample_from",
-    "note_rule", "threshold", "bpm",
+    "data", "preset", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "transpose", "precision", "latent",
+    "seed", "sample_from", "note_rule", "max_pitches_per_step", "threshold", "bpm",
 )
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True,
@@ -44,7 +44,8 @@ def run_page(run, state, evaluation=None):
         ("run folder", run.path.name),
         ("status", f"{state['status']}, {state['epochs_done']} of {parameters['epochs']} epochs done"),
     ]
-    rows += [(f"--{key.replace('_', '-')}", parameters[key]) for key in PAGE_PARAMETERS if key in parameters]
+    shown = [key for key in PAGE_PARAMETERS if parameters.get(key) is not None]  # no "--threshold None"
+    rows += [(f"--{key.replace('_', '-')}", parameters[key]) for key in shown]
     if "model" in state:
         rows.append(("parameters of the model", f"{state['model']['parameters']:,}"))
     if "data" in state:

@@ -190,7 +190,8 @@ def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(
         r"^\s+2\s+[\d.]+", info, re.MULTILINE
     )
-    assert sorted(p.name for p in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "latent_density.npz", "vae.keras"]
+    models = ["decoder.keras", "encoder.keras", "latent_density.npz", "vae.keras"]
+    assert sorted(p.name for p in (run / "model").iterdir()) == models
     names = [f"epoch{e:03d}_song{s:02d}" for e in (1, 2) for s in (1, 2, 3)] + [
         f"final_song{s:02d}" for s in range(1, 5)
     ]
