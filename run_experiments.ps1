@@ -28,6 +28,10 @@ param(
     [int[]]$Epochs = @(10),
     [ValidateSet("mse", "bce")]
     [string[]]$Reconstruction = @("mse"),
+    # The settings of every option not swept: the paper's (--preset paper), or this
+    # program's defaults (transposition, a KL cycle, songs from the fitted density, ...).
+    [ValidateSet("paper", "default")]
+    [string]$Preset = "paper",
     # Why this sweep: the start of every run's --run-info.
     [string]$Purpose = "Sweep",
     # More music_generator.py train flags for every run, for example @("--songs", "20").
@@ -38,6 +42,7 @@ param(
 
 $script = Join-Path $PSScriptRoot "music_generator.py"
 $invariant = [System.Globalization.CultureInfo]::InvariantCulture  # 0.001, never 0,001
+$presetFlags = if ($Preset -eq "paper") { @("--preset", "paper") } else { @() }
 $results = @()
 $number = 0
 
@@ -64,7 +69,7 @@ foreach ($loss in $Reconstruction) {
         "--kl-weight", $klText,
         "--epochs", $epochCount,
         "--reconstruction", $loss
-    ) + $Extra
+    ) + $presetFlags + $Extra
 
     $clock = [System.Diagnostics.Stopwatch]::StartNew()
     if ($DryRun) {

@@ -67,11 +67,16 @@ class NoteRule:
             return expected_cells(capped, self.count_scale * np.sum(song, axis=-1))
         return strongest_cells(capped, self.notes)
 
+    @property
+    def calibrates(self):
+        """Whether the rule needs songs of the decoder to set its threshold or count scale."""
+        return self.method != "per-song" and self.threshold is None
+
     def calibrated(self, songs):
         """This rule, calibrated so that ``songs`` (count, measures, 9216 values from the
         decoder) have ``notes`` notes each on average: with one threshold for all songs, or
         the scale of the expected counts (``method``); per-song needs no calibration."""
-        if self.method == "per-song" or self.threshold is not None or len(songs) == 0:
+        if not self.calibrates or len(songs) == 0:
             return self
         if self.method == "expected":
             expected = float(np.mean(np.sum(songs, axis=(1, 2), dtype=np.float64)))
@@ -163,7 +168,7 @@ def song_source(run, parameters, notes, decoder, fit):
 def fitted_rule(rule, decoder, density, temperature, seed):
     """``rule``, calibrated where it calibrates on CALIBRATION_SONGS songs of ``decoder``
     drawn from ``density`` (a LatentDensity) at ``temperature``."""
-    if rule.method == "per-song" or rule.threshold is not None:
+    if not rule.calibrates:
         return rule
     noise = fixed_noise(CALIBRATION_SONGS, len(density.mean), seed + 2)  # seed, seed + 1: the songs' noise
     return rule.calibrated(decode(decoder, density.latents(noise, temperature)))

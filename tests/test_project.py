@@ -24,20 +24,21 @@ def test_every_flag_the_sweep_passes_is_a_train_option():
     passed = set(re.findall(r'"(--[a-z][a-z-]*)"', SWEEP))
     assert {
         "--data", "--output-dir", "--run-name", "--run-info", "--lr", "--batch-size", "--latent", "--kl-weight",
-        "--epochs", "--reconstruction",
+        "--epochs", "--reconstruction", "--preset",
     } <= passed
     assert passed <= options("music_generator.py", "train")
 
 
 def test_every_sweep_parameter_reaches_the_command_line():
-    arguments = SWEEP[SWEEP.index("$arguments = @(") : SWEEP.index(") + $Extra")]
+    arguments = SWEEP[SWEEP.index("$arguments = @(") : SWEEP.index("+ $Extra")]
     for variable in (
         "$lrText", "$batch", "$latentSize", "$klText", "$epochCount", "$loss", "$name", "$info", "$Data", "$OutputDir",
+        "$presetFlags",
     ):
         assert variable in arguments, variable
     for parameter in (
         "LearningRate", "BatchSize", "Latent", "KlWeight", "Epochs", "Reconstruction", "Data", "OutputDir", "Python",
-        "DryRun",
+        "DryRun", "Preset",
     ):
         assert re.search(rf"\${parameter}\b", SWEEP.split("param(", 1)[1].split(")\n", 1)[0]), parameter
 
