@@ -141,8 +141,7 @@ def parse_args(argv=None):
     option(group, "--output-dir", "where run folders go")
     option(
         group, "--preset", "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, KL weight 1 "
-        "throughout, no transposition, songs from the prior, each song's strongest cells as notes) for every option "
-        "not given",
+        "throughout, songs from the prior, each song's strongest cells as notes) for every option not given",
         choices=("paper",),
     )
     group.add_argument(

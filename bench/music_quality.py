@@ -75,11 +75,11 @@ CONFIGS = {
     "kl-cycle": BASELINE + DATA + CALIBRATED + CAP + TRANSPOSE + ["--kl-cycle", "4", "--free-bits", "16"],
     "default": SPEED,
     "-kl-cycle": SPEED + ["--kl-cycle", "0", "--free-bits", "0"],
-    "-transpose": SPEED + ["--transpose", "0"],
     "-data": SPEED + ["--sample-from", "prior"],
     "-expected": SPEED + ["--note-rule", "per-song"],
     "-cap": SPEED + ["--max-pitches-per-step", "0"],
     "-bce": SPEED + ["--reconstruction", "mse"],
+    "+transpose": SPEED + ["--transpose", "6"],
     "+dropout": SPEED + ["--dropout", "0.2"],
     "batch-16": SPEED + ["--batch-size", "16"],
 }

@@ -41,13 +41,13 @@ DEFAULTS = {
     "reconstruction": "bce",  # the paper's squared error lets the decoder settle on one average song
     "kl_cycle": 4,  # with free bits, the code carries 2-3 times the KL and both losses end lower
     "free_bits": 16.0,
-    "epochs": 10,
+    "epochs": 20,
     "batch_size": 64,
     "lr": 0.001,
     "validation_split": 0.1,
     "seed": SEED,
     "cache": False,
-    "transpose": 6,  # semitones a training song may be moved up or down, drawn anew every epoch
+    "transpose": 0,  # semitones a training song may be moved up or down, drawn anew every epoch
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
     "log_every": 100,  # batches between the per-batch TensorBoard points
