@@ -74,7 +74,8 @@ def assert_resumes_to_the_uninterrupted_run(run, uninterrupted):
     assert state["status"] == "finished"
     assert [row["epoch"] for row in state["history"]] == list(range(1, EPOCHS + 1))  # each epoch once
     assert not partial_files(run), partial_files(run)
-    assert sorted(path.name for path in (run / "model").iterdir()) == ["decoder.keras", "encoder.keras", "vae.keras"]
+    models = ["decoder.keras", "encoder.keras", "latent_density.npz", "vae.keras"]  # the density of the last epoch
+    assert sorted(path.name for path in (run / "model").iterdir()) == models
     for name in ("encoder", "decoder"):
         assert isinstance(keras.saving.load_model(run / "model" / f"{name}.keras", safe_mode=True), keras.Model)
     vae = keras.saving.load_model(run / "model" / "vae.keras", safe_mode=True)
