@@ -1,6 +1,6 @@
 """How musical the songs of each training configuration are, judged on songs training never saw.
 
-    python bench/music_quality.py [MIDI_DIR] [--configs paper,baseline] [--budget 16000]
+    python bench/music_quality.py [MIDI_DIR] [--configs default,-cap] [--budget 16000]
                                   [--songs 100] [--work DIR] [--json FILE] [--extra "--latent 8"]
 
 Converts MIDI_DIR (default ../shared/midi/vgmidi) into samples once, with data_loader.py (a
@@ -8,7 +8,8 @@ later run converts only what is missing), then trains each configuration of CONF
 the same seed for the same budget of training samples (whole epochs, at least one), writes
 --songs songs with ``generate`` and judges them with the project's own evaluation against
 the run's validation split, which training never saw. Configurations that differ only in
-how songs are drawn and picked share one trained run. The figures:
+how songs are drawn and picked share one trained run, and a run an earlier bench trained the
+same way in --work is taken again. The figures:
 
 - diversity between the songs, against the data's; the overlapping area of every feature's
   distribution with the data's (polyphony, notes per measure, repeated measures, pitch
