@@ -31,7 +31,7 @@ try:
     from music_vae.run_page import write_run_page
     from music_vae.samples import PITCHES
     from music_vae.songs import SongStyle, fixed_noise, song_source, write_songs
-    from music_vae.training import DEFAULTS, run_parameters, train
+    from music_vae.training import DEFAULTS, SONG_OPTIONS, run_parameters, train
 except ImportError as error:
     if __name__ != "__main__":
         raise
@@ -50,9 +50,8 @@ def generate(args):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot write to {folder}: {error.strerror or error}") from None
-    song_options = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
     parameters = run_parameters(state)
-    parameters.update({key: getattr(args, key) for key in song_options if getattr(args, key) is not None})
+    parameters.update({key: getattr(args, key) for key in SONG_OPTIONS if getattr(args, key) is not None})
     density, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, lambda: own_density(run, state))
     synthesizer = song_synthesizer(args)
     note_sine_waves(synthesizer)

@@ -48,7 +48,7 @@ from music_vae.evaluation import evaluate_songs, originality  # noqa: E402
 from music_vae.model import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, data_settings, environment  # noqa: E402
 from music_vae.songs import song_source  # noqa: E402
-from music_vae.training import DEFAULTS, run_parameters, with_defaults  # noqa: E402
+from music_vae.training import DEFAULTS, SONG_OPTIONS, run_parameters, with_defaults  # noqa: E402
 
 import music_generator  # noqa: E402
 
@@ -84,8 +84,6 @@ CONFIGS = {
     "+dropout": SPEED + ["--dropout", "0.2"],
     "batch-16": SPEED + ["--batch-size", "16"],
 }
-# The options of how songs are drawn and picked (generate's too).
-SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step")
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
 NOT_LEARNT = {
     "run_name", "run_info", "output_dir", "preset", "cache", "jit", "log_every", "songs_per_epoch", "songs", "bpm",

@@ -82,6 +82,8 @@ WITHOUT_OPTION = {
     "preset": None, "transpose": 0, "sample_from": "prior", "temperature": 1.0, "note_rule": "per-song",
     "max_pitches_per_step": 0, "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0,
 }
+# How a run's songs are drawn and written: generate may change each of them.
+SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
 # How songs sound is the business of the machine a session runs on (its FluidSynth and
 # SoundFont files): these always follow the command line.
 THIS_MACHINE = ("audio", "soundfont")
