@@ -168,6 +168,11 @@ def parse_args(argv=None):
     )
     option(group, "--dropout", "share of hidden units dropped in training, after every hidden layer", type=share)
     option(
+        group, "--latent-batch-norm",
+        "batch-normalise the latent means to this spread (a BN-VAE: a floor on the KL); 0: none",
+        type=non_negative_float, metavar="SCALE",
+    )
+    option(
         group, "--reconstruction",
         "reconstruction loss summed over the song: squared error (the paper) or binary cross-entropy",
         choices=("mse", "bce"),
@@ -181,6 +186,11 @@ def parse_args(argv=None):
     option(
         group, "--transpose", "move each training song by up to this many semitones up or down, anew every epoch",
         type=int_between(0, 48),
+    )
+    option(
+        group, "--random-start",
+        "start each training song at a measure drawn anew every epoch, running on into the file's next sample",
+        action=argparse.BooleanOptionalAction,
     )
     option(
         group,

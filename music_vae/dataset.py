@@ -40,12 +40,18 @@ class SongFiles(keras.utils.PyDataset):
     and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
     the epoch through the ``EpochOrder`` callback. With ``transpose``, every song of a
     batch is moved by up to that many semitones up or down, drawn the same way, as far as
-    its notes stay inside the pitch window: more songs to learn from, in every key. A file
-    that can no longer be read is reported once and a silent song takes its place, so that
-    a long run never dies of one file.
+    its notes stay inside the pitch window: more songs to learn from, in every key. With
+    ``following`` (for each path, the index of the sample with the measures right after its
+    own, or -1; see following_samples), a song starts at a measure drawn the same way
+    and runs on into the sample after it: a sample's window of measures moves every epoch
+    instead of always starting at the same bar line. A file that can no longer be read is
+    reported once and a silent song takes its place, so that a long run never dies of one
+    file.
     """
 
-    def __init__(self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0):
+    def __init__(
+        self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0, following=None
+    ):
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
         self.paths = list(paths)
         self.batch_size = batch_size
@@ -53,6 +59,7 @@ class SongFiles(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.transpose = transpose
+        self.following = None if following is None else np.asarray(following)
         self.epoch = 0
         self.unreadable = set()
         self.packed = self._read_all() if cache else None
@@ -74,14 +81,25 @@ class SongFiles(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        if self.packed is not None:
-            songs = self.packed[batch]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.following is None:
+            songs = np.stack([self._song(i) for i in batch])
         else:
-            songs = np.stack([self._load(self.paths[i]) for i in batch])
+            starts = rng.integers(self.shape[0], size=len(batch))
+            songs = np.stack([self._song(i, start) for i, start in zip(batch, starts)])
         if self.transpose:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             songs = np.stack([transposed(song, self.transpose, rng) for song in songs])
         return songs
+
+    def _song(self, number, start=0):
+        """Sample ``number`` (bit-packed where cached), or the song from its measure ``start``
+        on, running on into the sample that follows it; the sample itself where none does."""
+        song = self.packed[number] if self.packed is not None else self._load(self.paths[number])
+        after = self.following[number] if start else -1
+        if after < 0:
+            return song
+        then = self.packed[after] if self.packed is not None else self._load(self.paths[after])
+        return np.concatenate([song[start:], then[:start]])
 
     def _load(self, path):
         """A sample as uint8 0/1: any non-zero value is an onset."""
@@ -272,19 +290,25 @@ def find_samples(data_dir, shape):
     return good, bad
 
 
+def read_index(data_dir):
+    """data_loader's ``index.csv`` of ``data_dir``: {sample file name: (source MIDI file, first
+    measure)}; empty where the folder has none, or one that cannot be read."""
+    with contextlib.suppress(OSError, KeyError, ValueError, csv.Error):
+        with open(Path(data_dir) / "index.csv", newline="", encoding="utf-8") as file:
+            return {row["sample"]: (row["source"], int(row["first_measure"])) for row in csv.DictReader(file)}
+    return {}
+
+
 def split_samples(paths, validation_split, seed, data_dir):
     """Split into training and validation paths, keeping samples of one song together.
 
     Songs are known from data_loader's ``index.csv`` when the folder has one; otherwise
     every file counts as its own song.
     """
-    source_of = {}
-    with contextlib.suppress(OSError, KeyError, csv.Error):
-        with open(Path(data_dir) / "index.csv", newline="", encoding="utf-8") as file:
-            source_of = {row["sample"]: row["source"] for row in csv.DictReader(file)}
+    index = read_index(data_dir)
     songs = {}
     for path in paths:
-        songs.setdefault(source_of.get(path.name, str(path)), []).append(path)
+        songs.setdefault(index.get(path.name, (str(path),))[0], []).append(path)
     groups = list(songs.values())
     validation, wanted = [], round(validation_split * len(paths))
     for index in np.random.default_rng(seed).permutation(len(groups)):
@@ -293,6 +317,19 @@ def split_samples(paths, validation_split, seed, data_dir):
         validation.extend(groups[index])
     chosen = set(validation)
     return [path for path in paths if path not in chosen], validation
+
+
+def following_samples(paths, data_dir, measures):
+    """For each of ``paths``, the index in ``paths`` of the sample of the same MIDI file whose
+    ``measures`` measures come right after its own, or -1 (the file's last sample, one
+    before a stretch without notes, or a folder without ``index.csv``)."""
+    index = read_index(data_dir)
+    number_of = {index[path.name]: number for number, path in enumerate(paths) if path.name in index}
+    following = []
+    for path in paths:
+        source, first_measure = index.get(path.name, (None, 0))
+        following.append(number_of.get((source, first_measure + measures), -1))
+    return following
 
 
 def mean_notes(paths, seed):

@@ -64,6 +64,11 @@ class ModelConfig:
     dropout : float
         Share of the hidden units dropped in training, after every hidden layer (0: none,
         the paper).
+    latent_batch_norm : float
+        Where not 0, z_mean is batch-normalised and scaled by this (a BN-VAE, Zhu et al.,
+        ACL 2020): over a batch, each latent dimension's means then have a spread of this
+        much, so that the KL cannot fall below about latent * latent_batch_norm**2 / 2 nats
+        a song and the code cannot collapse to the prior; 0: none (the paper).
     """
 
     measures: int = MEASURES_PER_SAMPLE
@@ -77,6 +82,7 @@ class ModelConfig:
     kl_cycle: int = 0
     free_bits: float = 0.0
     dropout: float = 0.0
+    latent_batch_norm: float = 0.0
 
 
 class SavesNoise:
@@ -139,7 +145,13 @@ def build_encoder(config=ModelConfig()):
     x = layers.Dense(config.measure_features, activation="relu", name="measure_features")(x)
     x = layers.Reshape((config.measures * config.measure_features,), name="song_features")(x)
     x = hidden(config.song_hidden, "song_hidden", config)(x)
-    z_mean = layers.Dense(config.latent, name="z_mean")(x)
+    if config.latent_batch_norm:
+        # Batch statistics, then a fixed scale: a learnt one would shrink to nothing, as the KL asks.
+        means = layers.Dense(config.latent, name="z_mean_unnormalised")(x)
+        means = layers.BatchNormalization(scale=False, name="z_mean_batch_norm")(means)
+        z_mean = layers.Rescaling(config.latent_batch_norm, name="z_mean")(means)
+    else:
+        z_mean = layers.Dense(config.latent, name="z_mean")(x)
     z_log_var = layers.Dense(config.latent, name="z_log_var")(x)
     z = Sampling(name="z")([z_mean, z_log_var])
     return keras.Model(songs, [z_mean, z_log_var, z], name="encoder")

@@ -16,7 +16,7 @@ import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
 from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, Speedometer, TensorBoardLog
-from music_vae.dataset import SEED, EpochOrder, SongFiles, cache_fits, read_data
+from music_vae.dataset import SEED, EpochOrder, SongFiles, cache_fits, following_samples, read_data
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
 from music_vae.files import UsageError
 from music_vae.latent import fit_density
@@ -48,6 +48,7 @@ DEFAULTS = {
     "seed": SEED,
     "cache": False,
     "transpose": 0,  # semitones a training song may be moved up or down, drawn anew every epoch
+    "random_start": False,  # a training song's first measure, drawn anew every epoch
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
     "log_every": 100,  # batches between the per-batch TensorBoard points
@@ -68,8 +69,8 @@ DEFAULTS = {
 # the average training sample has, stands in for it.
 PAPER = {
     **{field.name: field.default for field in dataclasses.fields(ModelConfig) if field.name != "measures"},
-    "batch_size": 1, "lr": 0.01, "transpose": 0, "precision": "float32", "sample_from": "prior",
-    "temperature": 1.0, "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0,
+    "batch_size": 1, "lr": 0.01, "transpose": 0, "random_start": False, "precision": "float32",
+    "sample_from": "prior", "temperature": 1.0, "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0,
 }
 # What a resumed run may change: how long and how fast it trains, where its data now are,
 # what it logs and how many songs it writes. The rest would make it another run.
@@ -79,8 +80,9 @@ CHANGEABLE_ON_RESUME = (
 )
 # What a run recorded before these options existed did: a run's parameters lack them.
 WITHOUT_OPTION = {
-    "preset": None, "transpose": 0, "sample_from": "prior", "temperature": 1.0, "note_rule": "per-song",
-    "max_pitches_per_step": 0, "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0,
+    "preset": None, "transpose": 0, "random_start": False, "sample_from": "prior", "temperature": 1.0,
+    "note_rule": "per-song", "max_pitches_per_step": 0, "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0,
+    "dropout": 0.0, "latent_batch_norm": 0.0,
 }
 # How a run's songs are drawn and written: generate may change each of them.
 SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
@@ -112,7 +114,12 @@ def train(args):
             note = "the samples would take more than half of this machine's memory; reading them from disk"
             print(f"note: --cache: {note}", file=sys.stderr)
         batches = dict(batch_size=args.batch_size, shape=data.settings.shape, cache=cache)
-        training = SongFiles(data.training, shuffle=True, seed=args.seed, transpose=args.transpose, **batches)
+        following = None
+        if args.random_start:
+            following = following_samples(data.training, data.folder, data.settings.measures)
+        training = SongFiles(
+            data.training, shuffle=True, seed=args.seed, transpose=args.transpose, following=following, **batches
+        )
         validation = SongFiles(data.validation, **batches) if data.validation else None
         flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
 

@@ -1,5 +1,6 @@
 """The levers of musical quality, each with a known answer: the KL schedule and free bits,
-the latent density songs are drawn from, the note rules, transposition and dropout; and a
+the latent density songs are drawn from, the note rules, transposition, random start
+measures and dropout; and a
 run that pulls them all, which resumes to the run it would have been."""
 
 import json
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import music_generator as mg
-from music_vae.dataset import SongFiles, transposed
+from music_vae.dataset import SongFiles, following_samples, transposed
 from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE
@@ -54,6 +55,21 @@ def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path
     assert history[0]["loss"] == pytest.approx(history[0]["reconstruction"], rel=1e-6)
     assert history[2]["loss"] == pytest.approx(history[2]["reconstruction"] + history[2]["kl"], rel=1e-4)
     assert keras.saving.load_model(run / "model" / "vae.keras").kl_share.numpy() == 1  # its variable is saved
+
+
+def test_latent_batch_norm_gives_every_latent_dimension_its_spread_over_a_batch():
+    vae = build_vae(ModelConfig(**{**TINY.__dict__, "latent_batch_norm": 0.5}))
+    songs = (np.random.default_rng(0).random((64, 16, 9216)) < 0.05).astype(np.float32)
+    z_mean, z_log_var, _ = (np.asarray(output) for output in vae.encoder(songs, training=True))
+    unnormalised = keras.Model(vae.encoder.input, vae.encoder.get_layer("z_mean_unnormalised").output)
+    means = np.asarray(unnormalised(songs)).astype(np.float64)
+    epsilon = vae.encoder.get_layer("z_mean_batch_norm").epsilon  # a tiny model's spread is near it
+    expected = 0.5 * (means - means.mean(axis=0)) / np.sqrt(means.var(axis=0) + epsilon)
+    assert z_mean == pytest.approx(expected, abs=1e-4)  # the batch's own statistics; the shift starts at 0
+    kl = -0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=1)
+    assert kl.mean() >= 3 * 0.5**2 / 2 * (z_mean.var(axis=0) / 0.5**2).min()  # the floor: latent * scale**2 / 2
+    plain = build_vae(TINY)
+    assert "z_mean_batch_norm" not in [layer.name for layer in plain.encoder.layers]
 
 
 # --- where songs come from ---------------------------------------------------------------------
@@ -180,6 +196,43 @@ def test_transposed_batches_follow_from_the_seed_and_the_epoch(tmp_path):
     assert sorted(first.sum(axis=(1, 2))) == sorted(plain[0].sum(axis=(1, 2)))  # the same notes, moved
 
 
+def test_a_random_start_runs_on_into_the_files_next_sample_and_follows_the_seed(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    # Measure m of a file is marked by its pitch: m for "a" (32 measures, two samples), 50 + m for "b".
+    index = ["sample,source,first_measure,n_notes"]
+    files = [("a_m0000", "a", 0, 0), ("a_m0016", "a", 16, 0), ("b_m0000", "b", 0, 50)]
+    for name, source, first_measure, lowest in files:
+        song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+        for measure in range(16):
+            song[measure, lowest + first_measure + measure, 0] = 1
+        np.save(folder / f"{name}.npy", song.reshape(16, -1))
+        index.append(f"{name}.npy,{source}.mid,{first_measure},16")
+    (folder / "index.csv").write_text("\n".join(index) + "\n")
+    paths = sorted(folder.glob("*.npy"))
+    following = following_samples(paths, folder, 16)
+    assert following == [1, -1, -1]
+    assert following_samples(paths, tmp_path, 16) == [-1, -1, -1]  # no index.csv: no sample is known to follow
+
+    def first_pitches(batch):
+        return [int(np.flatnonzero(song.reshape(16, PITCHES, -1)[m].any(axis=1))[0]) for song in batch for m in (0, 15)]
+
+    songs = SongFiles(paths, 3, (16, 9216), following=following)
+    cached = SongFiles(paths, 3, (16, 9216), following=following, cache=True)
+    starts = set()
+    for epoch in range(12):
+        songs.start_epoch(epoch)
+        cached.start_epoch(epoch)
+        batch = songs[0]
+        assert np.array_equal(np.unpackbits(cached[0], axis=-1), batch)
+        start, last, *others = first_pitches(batch)
+        assert last == start + 15 and others == [16, 31, 50, 65]  # 16 measures in order; the others as they are
+        assert batch.sum() == 48
+        starts.add(start)
+    assert len(starts) >= 6 and starts <= set(range(16))
+    assert first_pitches(SongFiles(paths, 3, (16, 9216))[0]) == [0, 15, 16, 31, 50, 65]
+
+
 # --- the paper, one flag away ------------------------------------------------------------------
 
 
@@ -209,7 +262,8 @@ PAPER_SETTINGS = {
     "measure_hidden": 2000, "measure_features": 200, "song_hidden": 1600, "latent": 120, "kl_weight": 1.0,
     "reconstruction": "mse", "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0, "batch_size": 1,
     "lr": 0.01, "transpose": 0, "precision": "float32", "sample_from": "prior", "temperature": 1.0,
-    "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0,
+    "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0, "random_start": False,
+    "latent_batch_norm": 0.0,
 }
 
 
@@ -218,11 +272,14 @@ PAPER_SETTINGS = {
 LEVERS = [
     "--sample-from", "data", "--temperature", "0.8", "--note-rule", "calibrated", "--max-pitches-per-step", "3",
     "--transpose", "3", "--dropout", "0.2", "--kl-cycle", "2", "--free-bits", "2", "--songs", "4", "--no-audio",
+    "--random-start", "--latent-batch-norm", "0.5",
 ]
 
 
 def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
     samples = make_samples(tmp_path / "samples", 12)
+    index = [f"song{number:03d}.npy,file{number // 4}.mid,{16 * (number % 4)},0" for number in range(12)]
+    (samples / "index.csv").write_text("\n".join(["sample,source,first_measure,n_notes", *index]) + "\n")
     code, whole = train(tmp_path / "whole", *LEVERS, data=samples, epochs=2)
     assert code == 0
     code, part = train(tmp_path / "part", *LEVERS, data=samples, epochs=1)
@@ -271,6 +328,8 @@ def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
         (["train", "--free-bits", "-1"], "argument --free-bits: must be 0 or more"),
         (["train", "--dropout", "1"], "argument --dropout: must be at least 0 and below 1"),
         (["train", "--transpose", "49"], "argument --transpose: must be from 0 to 48"),
+        (["train", "--latent-batch-norm", "-0.5"], "argument --latent-batch-norm: must be 0 or more"),
+        (["train", "--random-start", "yes"], "unrecognized arguments: yes"),
         (["train", "--sample-from", "posterior"], "argument --sample-from: invalid choice"),
         (["generate", "--temperature", "0"], "argument --temperature: must be more than 0"),
         (["generate", "--note-rule", "loud"], "argument --note-rule: invalid choice"),
