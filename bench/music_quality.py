@@ -82,6 +82,9 @@ CONFIGS = {
     "-bce": SPEED + ["--reconstruction", "mse"],
     "+transpose": SPEED + ["--transpose", "6"],
     "+dropout": SPEED + ["--dropout", "0.2"],
+    "+random-start": SPEED + ["--random-start"],
+    "+latent-bn": SPEED + ["--latent-batch-norm", "0.5"],
+    "+both": SPEED + ["--random-start", "--latent-batch-norm", "0.5"],
     "batch-16": SPEED + ["--batch-size", "16"],
 }
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
@@ -134,7 +137,7 @@ def judge_config(name, flags, samples, data, epochs, args, trained):
     """Train configuration ``name`` (or take the run of one that trained alike), write its
     songs with ``generate`` and judge them; its figures as a dict."""
     command = [
-        "train", "--data", str(samples), f"--run-name={name}", "--output-dir", str(args.work / "runs"), "--epochs",
+        "train", "--data", str(samples), f"--run-name={name.replace('+', 'plus')}", "--output-dir", str(args.work / "runs"), "--epochs",
         str(epochs), "--songs", "0", "--songs-per-epoch", "0", "--no-audio", "--seed", str(SEED),
         "--validation-split", str(VALIDATION_SPLIT), "--run-info", f"music_quality bench: {shlex.join(flags)}", *flags,
     ]
