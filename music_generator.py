@@ -4,6 +4,9 @@
     python music_generator.py train --resume RUN_DIR
     python music_generator.py generate --run RUN_DIR [--songs N] [--seed S]
     python music_generator.py evaluate --run RUN_DIR [--data SAMPLES_DIR] [--songs GLOB]
+    python music_generator.py encode --run RUN_DIR SONG.mid [...] [--measure M]
+    python music_generator.py interpolate --run RUN_DIR --from A.mid --to B.mid [--steps 8]
+    python music_generator.py variations --run RUN_DIR SONG.mid [--songs 8] [--spread S]
 
 Each run gets its own folder: an info file, TensorBoard logs, the models, and songs decoded
 from the same latent vectors after every epoch, as .npy, MIDI, piano-roll PNG and WAV, so
@@ -19,19 +22,18 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from music_vae.audio import note_sine_waves, song_synthesizer
     from music_vae.dataset import find_samples, read_data
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
+    from music_vae.explore import encode_command, interpolate_command, variations_command
     from music_vae.files import (
         ArgumentParser, UsageError, int_between, non_negative_float, positive_float, probability, share,
     )
-    from music_vae.latent import fit_density
-    from music_vae.model import PRECISIONS, keras
-    from music_vae.run_folder import RunFolder, data_settings
+    from music_vae.model import PRECISIONS
     from music_vae.run_page import write_run_page
+    from music_vae.run_songs import RunSongs, song_list
     from music_vae.samples import PITCHES
-    from music_vae.songs import SongStyle, fixed_noise, song_source, write_songs
-    from music_vae.training import DEFAULTS, SONG_OPTIONS, run_parameters, train
+    from music_vae.songs import fixed_noise
+    from music_vae.training import DEFAULTS, train
 except ImportError as error:
     if __name__ != "__main__":
         raise
@@ -41,47 +43,18 @@ except ImportError as error:
 def generate(args):
     """The generate command: new songs from a run's decoder, into RUN_DIR/generated (or
     ``--output-dir``), and onto the run's page."""
-    run = RunFolder.open(args.run)
-    state = run.load_state()
-    decoder = keras.saving.load_model(run.model / "decoder.keras")
+    songs = RunSongs(args)
     seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
-    folder = Path(args.output_dir) if args.output_dir else run.generated
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot write to {folder}: {error.strerror or error}") from None
-    parameters = run_parameters(state)
-    parameters.update({key: getattr(args, key) for key in SONG_OPTIONS if getattr(args, key) is not None})
-    density, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, lambda: own_density(run, state))
-    synthesizer = song_synthesizer(args)
-    note_sine_waves(synthesizer)
-    style = SongStyle(rule, parameters["bpm"], data_settings(state).lowest_pitch, synthesizer)
-    noise = fixed_noise(args.songs, decoder.input_shape[-1], seed)
-    written = write_songs(decoder, density.latents(noise, parameters["temperature"]), folder, "sample", style)
-    if folder.resolve() == run.generated.resolve():
-        write_run_page(run, state)
-    songs = ", ".join(f"{song.name} ({song.notes} notes)" for song in written)
-    print(f"{len(written)} songs with seed {seed} in {folder}: {songs}")
+    noise = fixed_noise(args.songs, songs.decoder.input_shape[-1], seed)
+    written = songs.write(songs.density.latents(noise, songs.parameters["temperature"]), "sample")
+    print(f"{len(written)} songs with seed {seed} in {songs.folder}: {song_list(written)}")
     return 0
-
-
-def own_density(run, state):
-    """The latent density of the run's training songs, fitted now (for a run trained before
-    its songs were drawn from the data)."""
-    parameters = run_parameters(state)
-    folder = state["data"]["folder"]
-    if not Path(folder).is_dir():
-        raise UsageError(f"the run's data folder {folder} is gone: its songs can be drawn from the prior only")
-    data = read_data(folder, parameters["validation_split"], parameters["seed"], data_settings(state))
-    encoder = keras.saving.load_model(run.model / "encoder.keras")
-    return fit_density(encoder, data.training, parameters["seed"])
 
 
 def evaluate(args):
     """The evaluate command: judge a run's songs and model against the data."""
-    run = RunFolder.open(args.run)
-    state = run.load_state()
-    parameters, settings = run_parameters(state), data_settings(state)
+    songs = RunSongs(args)
+    run, state, parameters, settings = songs.run, songs.state, songs.parameters, songs.settings
     song_paths = find_songs(run.generated / "midi", args.songs)
     folder = state["data"]["folder"]
     data_paths = find_samples(args.data, settings.shape)[0] if args.data else None
@@ -95,12 +68,9 @@ def evaluate(args):
         data_paths = own.training + own.validation if data_paths is None else data_paths
         held_out = own.validation if held_out is None else held_out
         training = own.training
-    encoder = keras.saving.load_model(run.model / "encoder.keras")
-    decoder = keras.saving.load_model(run.model / "decoder.keras")
-    _, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, lambda: own_density(run, state))
     results = evaluate_songs(
-        encoder, decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training, rule=rule,
-        settings=settings, samples=args.samples, seed=parameters["seed"],
+        songs.encoder, songs.decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training,
+        rule=songs.style.rule, settings=settings, samples=args.samples, seed=parameters["seed"],
     )
     if not results["songs"]:
         raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
@@ -255,7 +225,56 @@ def parse_args(argv=None):
         "--samples", type=int_between(1), default=EVALUATION_SAMPLES,
         help="data and held-out samples used at most, drawn at random (default: %(default)s)",
     )
-    evaluate_parser.set_defaults(run_command=evaluate)
+    evaluate_parser.set_defaults(run_command=evaluate, audio=False, output_dir=None)
+
+    def latent_parser(name, help, description, output):
+        """A command that places MIDI files in a run's latent space, with its shared options."""
+        latent = commands.add_parser(name, help=help, description=description)
+        latent.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+        latent.add_argument(
+            "--measure", type=int_between(1), default=1, help="the songs start at this measure (default: %(default)s)"
+        )
+        latent.add_argument("--output-dir", help=f"where to write (default: {output})")
+        return latent
+
+    encode_parser = latent_parser(
+        "encode", "save the latent means of MIDI files",
+        "Encode the first 16 measures of each MIDI file (from --measure) with a run's encoder, and save its latent "
+        "mean as NAME.npy.", "RUN_DIR/encoded",
+    )
+    encode_parser.add_argument("midi", nargs="+", metavar="SONG.mid", help="MIDI files")
+    encode_parser.set_defaults(run_command=encode_command)
+    interpolate_parser = latent_parser(
+        "interpolate", "write songs along the path between two MIDI files",
+        "Decode points along the great circle between the latent means of two MIDI files (as MusicVAE "
+        "interpolates), their reconstructions at the ends, into songs interpolation_songNN.", "RUN_DIR/generated",
+    )
+    interpolate_parser.add_argument("--from", dest="start", required=True, metavar="A.mid", help="the first song")
+    interpolate_parser.add_argument("--to", dest="end", required=True, metavar="B.mid", help="the last song")
+    interpolate_parser.add_argument(
+        "--steps", type=int_between(2, 100), default=8,
+        help="songs along the path, ends included (default: %(default)s)",
+    )
+    add_song_options(interpolate_parser)
+    interpolate_parser.set_defaults(run_command=interpolate_command, audio=True)
+    variations_parser = latent_parser(
+        "variations", "write songs around a MIDI file",
+        "Decode latent vectors drawn around a MIDI file's latent mean into songs variation_songNN.",
+        "RUN_DIR/generated",
+    )
+    variations_parser.add_argument("midi", metavar="SONG.mid", help="the song to vary")
+    variations_parser.add_argument(
+        "--songs", type=int_between(1), default=8, help="variations to write (default: %(default)s)"
+    )
+    variations_parser.add_argument(
+        "--spread", type=positive_float, default=0.25,
+        help="how far from the song: 1 is as far as the run's songs lie from their mean (default: %(default)s)",
+    )
+    variations_parser.add_argument(
+        "--seed", type=int_between(0), default=None, help="seed of the variations (default: a new one, printed)"
+    )
+    add_song_options(variations_parser)
+    variations_parser.set_defaults(run_command=variations_command, audio=True)
     return parser.parse_args(argv)
 
 

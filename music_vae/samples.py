@@ -402,8 +402,9 @@ def midi_to_samples(source, settings=DataSettings()):
     )
 
 
-def midi_to_song(source, settings=DataSettings()):
-    """The first ``settings.measures`` measures of a MIDI file as one song, silent ones included.
+def midi_to_song(source, settings=DataSettings(), first_measure=0):
+    """``settings.measures`` measures of a MIDI file from ``first_measure`` (counted from 0)
+    as one song, silent ones included.
 
     The way back from ``song_to_midi`` (the round trip gives the song's onsets), and a
     way to judge any MIDI file, generated elsewhere too, as the samples are judged. Unlike
@@ -429,7 +430,9 @@ def midi_to_song(source, settings=DataSettings()):
     midi = read_midi(source)
     ticks, pitches, time_signatures, _ = read_onsets(midi)
     positions = onset_positions(ticks, meter_changes(time_signatures, midi.ticks_per_beat))
-    song, _ = onset_measures(positions, pitches, settings.measures, settings)
+    positions = positions - first_measure * STEPS_PER_MEASURE
+    later = positions >= 0
+    song, _ = onset_measures(positions[later], pitches[later], settings.measures, settings)
     return song.reshape(settings.measures, MEASURE_SIZE)
 
 

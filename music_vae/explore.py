@@ -1,0 +1,157 @@
+"""Moving through a run's latent space (the paper's outlook, its section 5.4): songs of
+MIDI files encoded to their place in it (the encode command), songs along the path between
+two of them (interpolate) and around one (variations), and the principal components of the
+encoded training songs, the axes the explore page's sliders move along (as HackerPoet's
+Composer does).
+"""
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+
+from music_vae.files import UsageError, atomic_write, npy_writer
+from music_vae.latent import encode
+from music_vae.model import keras
+from music_vae.run_folder import RunFolder, data_settings
+from music_vae.run_songs import RunSongs, song_list
+from music_vae.samples import SkipFile, midi_to_song
+
+
+def encode_midi(encoder, path, settings, first_measure=0):
+    """The latent mean of a MIDI file's song from measure ``first_measure`` (counted from
+    0): (latent,) float32, and the song, (measures, 9216) uint8.
+
+    Raises
+    ------
+    UsageError
+        The file is missing, not readable MIDI, or has no note in those measures.
+    """
+    try:
+        song = midi_to_song(path, settings, first_measure)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except (SkipFile, OSError) as error:
+        raise UsageError(f"{path} is not a readable MIDI file: {error}") from None
+    if not song.any():
+        last = first_measure + settings.measures
+        raise UsageError(f"{path} has no notes in measures {first_measure + 1}-{last}; try another --measure")
+    z_mean, _ = encode(encoder, [song])
+    return z_mean[0], song
+
+
+def slerp(start, end, fractions):
+    """Points between latent vectors ``start`` and ``end`` (latent,) at ``fractions`` (0:
+    ``start``, 1: ``end``) along the great circle between them, as MusicVAE interpolates:
+    a straight line would pass near the origin, where a Gaussian code has few songs.
+    Returns (len(fractions), latent) float32; a straight line where the two are parallel."""
+    start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    fractions = np.asarray(fractions, np.float64)[:, None]
+    cosine = start @ end / max(np.linalg.norm(start) * np.linalg.norm(end), 1e-12)
+    angle = np.arccos(np.clip(cosine, -1.0, 1.0))
+    if angle < 1e-6:
+        return ((1 - fractions) * start + fractions * end).astype(np.float32)
+    return ((np.sin((1 - fractions) * angle) * start + np.sin(fractions * angle) * end) / np.sin(angle)).astype(
+        np.float32
+    )
+
+
+def variations(center, density, count, spread, seed):
+    """``count`` latent vectors around ``center`` (latent,): ``center`` moved as ``density``
+    (a LatentDensity) spreads the songs, scaled by ``spread`` (1: as far as its songs lie
+    from its mean), with noise drawn with ``seed``: the same seed gives the same variations.
+    (count, latent) float32."""
+    noise = np.random.default_rng(seed).standard_normal((count, len(center))).astype(np.float32)
+    return (np.asarray(center, np.float32) + spread * noise @ density.scale.T).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PrincipalComponents:
+    """The principal axes of the encoded training songs.
+
+    Attributes
+    ----------
+    mean : np.ndarray
+        (latent,) float32: the mean code, where every slider is 0.
+    axes : np.ndarray
+        (components, latent) float32, orthonormal rows, the most varied first.
+    deviations : np.ndarray
+        (components,) float32: the codes' standard deviation along each axis, a slider's unit.
+    """
+
+    mean: np.ndarray
+    axes: np.ndarray
+    deviations: np.ndarray
+
+    @classmethod
+    def fit(cls, codes, components):
+        """The first ``components`` principal components of ``codes`` (songs, latent); fewer
+        where the codes span fewer dimensions."""
+        codes = np.asarray(codes, np.float64)
+        mean = codes.mean(axis=0)
+        _, singular_values, axes = np.linalg.svd(codes - mean, full_matrices=False)
+        count = min(components, len(singular_values))
+        deviations = singular_values[:count] / np.sqrt(max(len(codes) - 1, 1))
+        return cls(mean.astype(np.float32), axes[:count].astype(np.float32), deviations.astype(np.float32))
+
+    def latents(self, positions):
+        """Latent vectors of slider ``positions`` (count, components), in standard deviations
+        along each axis: (count, latent) float32."""
+        return (self.mean + (np.asarray(positions, np.float32) * self.deviations) @ self.axes).astype(np.float32)
+
+    def positions(self, latents):
+        """Slider positions of ``latents`` (count, latent): their projections on the axes, in
+        standard deviations (what they have off the axes is lost)."""
+        return ((np.asarray(latents, np.float32) - self.mean) @ self.axes.T / self.deviations).astype(np.float32)
+
+    def write(self, path):
+        """Save as ``.npz`` at exactly ``path``; a ``write(path)`` function for atomic_write."""
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, axes=self.axes, deviations=self.deviations)
+        with open(path, "wb") as file:
+            file.write(buffer.getbuffer())
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path) as arrays:
+            return cls(arrays["mean"], arrays["axes"], arrays["deviations"])
+
+
+def encode_command(args):
+    """The encode command: each MIDI file's latent mean, saved as ``.npy``."""
+    run = RunFolder.open(args.run)
+    state = run.load_state()
+    encoder = keras.saving.load_model(run.model / "encoder.keras")
+    settings = data_settings(state)
+    folder = Path(args.output_dir) if args.output_dir else run.path / "encoded"
+    codes = [(path, *encode_midi(encoder, path, settings, args.measure - 1)) for path in args.midi]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, z_mean, song in codes:
+        target = folder / f"{Path(path).stem}.npy"
+        atomic_write(target, npy_writer(z_mean))
+        measures = f"{args.measure}-{args.measure + settings.measures - 1}"
+        code = f"{len(z_mean)} numbers, norm {np.linalg.norm(z_mean):.2f}"
+        print(f"{path}: {song.sum()} notes in measures {measures} -> {target} ({code})")
+    return 0
+
+
+def interpolate_command(args):
+    """The interpolate command: songs along the path between two MIDI files' latent means,
+    their reconstructions at the ends."""
+    songs = RunSongs(args)
+    start, _ = encode_midi(songs.encoder, args.start, songs.settings, args.measure - 1)
+    end, _ = encode_midi(songs.encoder, args.end, songs.settings, args.measure - 1)
+    written = songs.write(slerp(start, end, np.linspace(0, 1, args.steps)), "interpolation")
+    print(f"{len(written)} songs from {args.start} to {args.end} in {songs.folder}: {song_list(written)}")
+    return 0
+
+
+def variations_command(args):
+    """The variations command: songs around a MIDI file's latent mean."""
+    songs = RunSongs(args)
+    center, _ = encode_midi(songs.encoder, args.midi, songs.settings, args.measure - 1)
+    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
+    written = songs.write(variations(center, songs.density, args.songs, args.spread, seed), "variation")
+    print(f"{len(written)} variations of {args.midi} with seed {seed} in {songs.folder}: {song_list(written)}")
+    return 0
