@@ -7,6 +7,7 @@
     python music_generator.py encode --run RUN_DIR SONG.mid [...] [--measure M]
     python music_generator.py interpolate --run RUN_DIR --from A.mid --to B.mid [--steps 8]
     python music_generator.py variations --run RUN_DIR SONG.mid [--songs 8] [--spread S]
+    python music_generator.py explore --run RUN_DIR [--port 8000] [--host 127.0.0.1]
 
 Each run gets its own folder: an info file, TensorBoard logs, the models, and songs decoded
 from the same latent vectors after every epoch, as .npy, MIDI, piano-roll PNG and WAV, so
@@ -24,7 +25,8 @@ import numpy as np
 try:
     from music_vae.dataset import find_samples, read_data
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
-    from music_vae.explore import encode_command, interpolate_command, variations_command
+    from music_vae.explore import encode_command, explore_command, interpolate_command, variations_command
+    from music_vae.explore_server import SLIDERS
     from music_vae.files import (
         ArgumentParser, UsageError, int_between, non_negative_float, positive_float, probability, share,
     )
@@ -275,6 +277,21 @@ def parse_args(argv=None):
     )
     add_song_options(variations_parser)
     variations_parser.set_defaults(run_command=variations_command, audio=True)
+    explore_parser = commands.add_parser(
+        "explore", help="move through a run's songs with sliders in the browser",
+        description="Serve a page where sliders move a song along the principal components of the encoded "
+        "training songs; it draws and plays the song, and opens and saves MIDI files.",
+    )
+    explore_parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+    explore_parser.add_argument("--host", default="127.0.0.1", help="address to serve at (default: %(default)s)")
+    explore_parser.add_argument(
+        "--port", type=int_between(0, 65535), default=8000,
+        help="port to serve at; 0: any free one (default: %(default)s)",
+    )
+    explore_parser.add_argument(
+        "--sliders", type=int_between(1, 120), default=SLIDERS, help="principal components shown (default: %(default)s)"
+    )
+    explore_parser.set_defaults(run_command=explore_command, audio=False, output_dir=None)
     return parser.parse_args(argv)
 
 

@@ -1,6 +1,7 @@
 """Songs as sound: MIDI rendered as audio, with FluidSynth and a General MIDI SoundFont
 where they are installed (a piano), else with pretty_midi's sine waves, and saved as WAV."""
 
+import io
 import os
 import sys
 import wave
@@ -119,17 +120,26 @@ class Synthesizer:
         return np.pad(audio, (0, max(missing, 0)))
 
 
+def wav_bytes(audio, sample_rate=AUDIO_SAMPLE_RATE):
+    """``audio``, float in [-1, 1], as the bytes of a 16-bit mono PCM WAV file: the format
+    every browser and player opens."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(sample_rate)
+        file.writeframes(np.round(np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
 def wav_writer(audio, sample_rate=AUDIO_SAMPLE_RATE):
-    """A ``write(path)`` function for ``atomic_write`` that saves ``audio``, float in
-    [-1, 1], as a 16-bit mono PCM WAV file: the format every browser and player opens."""
-    pcm = np.round(np.clip(audio, -1, 1) * 32767).astype("<i2")
+    """A ``write(path)`` function for ``atomic_write`` that saves ``audio`` as a WAV file
+    (see wav_bytes)."""
+    data = wav_bytes(audio, sample_rate)
 
     def write(path):
-        with wave.open(str(path), "wb") as file:
-            file.setnchannels(1)
-            file.setsampwidth(2)
-            file.setframerate(sample_rate)
-            file.writeframes(pcm.tobytes())
+        with open(path, "wb") as file:
+            file.write(data)
 
     return write
 

@@ -6,7 +6,6 @@ Composer does).
 """
 
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from music_vae.model import keras
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_songs import RunSongs, song_list
 from music_vae.samples import SkipFile, midi_to_song
+from music_vae.explore_server import Explorer, make_server
 
 
 def encode_midi(encoder, path, settings, first_measure=0):
@@ -68,7 +68,8 @@ def variations(center, density, count, spread, seed):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PrincipalComponents:
-    """The principal axes of the encoded training songs.
+    """The principal axes of the encoded training songs, from the LatentDensity fitted to
+    them (its covariance is theirs), so that a run's sliders need nothing else saved.
 
     Attributes
     ----------
@@ -85,15 +86,15 @@ class PrincipalComponents:
     deviations: np.ndarray
 
     @classmethod
-    def fit(cls, codes, components):
-        """The first ``components`` principal components of ``codes`` (songs, latent); fewer
-        where the codes span fewer dimensions."""
-        codes = np.asarray(codes, np.float64)
-        mean = codes.mean(axis=0)
-        _, singular_values, axes = np.linalg.svd(codes - mean, full_matrices=False)
-        count = min(components, len(singular_values))
-        deviations = singular_values[:count] / np.sqrt(max(len(codes) - 1, 1))
-        return cls(mean.astype(np.float32), axes[:count].astype(np.float32), deviations.astype(np.float32))
+    def of_density(cls, density, components):
+        """The first ``components`` principal components of the codes ``density`` (a
+        LatentDensity) was fitted to: the eigenvectors of its covariance, the largest first."""
+        scale = np.asarray(density.scale, np.float64)
+        variances, vectors = np.linalg.eigh(scale @ scale.T)  # ascending
+        order = np.argsort(variances)[::-1][:components]
+        deviations = np.sqrt(np.maximum(variances[order], 0.0))
+        axes = vectors[:, order].T
+        return cls(np.asarray(density.mean, np.float32), axes.astype(np.float32), deviations.astype(np.float32))
 
     def latents(self, positions):
         """Latent vectors of slider ``positions`` (count, components), in standard deviations
@@ -104,18 +105,6 @@ class PrincipalComponents:
         """Slider positions of ``latents`` (count, latent): their projections on the axes, in
         standard deviations (what they have off the axes is lost)."""
         return ((np.asarray(latents, np.float32) - self.mean) @ self.axes.T / self.deviations).astype(np.float32)
-
-    def write(self, path):
-        """Save as ``.npz`` at exactly ``path``; a ``write(path)`` function for atomic_write."""
-        buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean, axes=self.axes, deviations=self.deviations)
-        with open(path, "wb") as file:
-            file.write(buffer.getbuffer())
-
-    @classmethod
-    def load(cls, path):
-        with np.load(path) as arrays:
-            return cls(arrays["mean"], arrays["axes"], arrays["deviations"])
 
 
 def encode_command(args):
@@ -154,4 +143,25 @@ def variations_command(args):
     seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
     written = songs.write(variations(center, songs.density, args.songs, args.spread, seed), "variation")
     print(f"{len(written)} variations of {args.midi} with seed {seed} in {songs.folder}: {song_list(written)}")
+    return 0
+
+
+def explore_command(args):
+    """The explore command: the explore page of a run, served until Ctrl-C."""
+    songs = RunSongs(args)
+    latent = songs.decoder.input_shape[-1]
+    data = songs.run.latent_density("data", latent, songs.fit_density)  # fitted and saved once, where missing
+    explorer = Explorer(
+        songs.decoder, songs.encoder, PrincipalComponents.of_density(data, args.sliders), songs.density,
+        songs.style.rule, songs.settings, songs.parameters["bpm"], songs.run.path.name,
+    )
+    server = make_server(explorer, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"Exploring {songs.run.path.name} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
     return 0

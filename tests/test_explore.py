@@ -1,15 +1,25 @@
 """The latent space of a trained run (issue 14): slerp and the principal components with
-known answers, and encode, interpolate and variations on a tiny trained run."""
+known answers; encode, interpolate and variations on a tiny trained run; the explore page's
+server, its answers and its bad requests, and the page itself in headless Chromium."""
+
+import argparse
+import json
+import threading
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 
 import music_generator as mg
 from music_vae.explore import PrincipalComponents, slerp, variations
+from music_vae.explore_server import Explorer, make_server
+from music_vae.run_songs import RunSongs
 from music_vae.latent import LatentDensity, encode
 from music_vae.model import keras
 from music_vae.samples import midi_to_song, song_to_midi
 from music_vae.songs import decode
+from test_listen_and_evaluate import SCREENSHOTS, find_chromium
 from test_music_generator import make_samples, train
 
 
@@ -22,17 +32,17 @@ def test_slerp_starts_and_ends_at_its_ends_and_keeps_to_the_sphere_between():
     assert slerp(start, 3 * start, [0.5])[0] == pytest.approx(2 * start)  # parallel: the straight line
 
 
-def test_principal_components_find_the_codes_axes_and_their_spread():
+def test_principal_components_are_the_axes_and_spread_of_the_densitys_codes():
     rng = np.random.default_rng(0)
     axes = np.linalg.qr(rng.standard_normal((6, 6)))[0][:2]  # two orthonormal directions in 6 dimensions
     weights = rng.standard_normal((400, 2))
     weights -= weights.mean(axis=0)
     weights = weights @ np.linalg.inv(np.linalg.cholesky(np.cov(weights, rowvar=False))).T  # exactly uncorrelated
-    codes = 5.0 + (weights * [3.0, 1.0]) @ axes
-    components = PrincipalComponents.fit(codes, 4)
-    assert components.deviations[:2] == pytest.approx([3.0, 1.0], rel=1e-5)
-    assert components.deviations[2:] == pytest.approx([0, 0], abs=1e-5)
-    assert abs(components.axes[:2] @ axes.T) == pytest.approx(np.eye(2), abs=1e-5)  # the same axes, either sign
+    codes = 5.0 + (weights * [1.0, 3.0]) @ axes
+    components = PrincipalComponents.of_density(LatentDensity.fit(codes), 4)
+    assert components.deviations[:2] == pytest.approx([3.0, 1.0], rel=1e-4)  # the largest first
+    assert components.deviations[2:] == pytest.approx([0, 0], abs=1e-2)  # the density's ridge only
+    assert abs(components.axes[:2] @ axes[::-1].T) == pytest.approx(np.eye(2), abs=1e-4)  # the same axes, either sign
     assert components.mean == pytest.approx(np.full(6, 5.0), abs=1e-5)
     positions = components.positions(codes[:3])[:, :2]
     assert components.latents(np.pad(positions, ((0, 0), (0, 2)))) == pytest.approx(codes[:3], abs=1e-4)
@@ -123,3 +133,150 @@ def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp
             code = exit.code
         error = capsys.readouterr().err.strip()
         assert code == 2 and message in error and len(error.splitlines()) == 1, (argv, error)
+
+
+# --- the explore page ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(run_and_songs):
+    """The explore page of the tiny run, served on a free port in a thread: its address."""
+    run, _ = run_and_songs
+    songs = RunSongs(argparse.Namespace(run=run, output_dir=None, audio=False))
+    density = songs.run.latent_density("data", songs.decoder.input_shape[-1], songs.fit_density)
+    explorer = Explorer(
+        songs.decoder, songs.encoder, PrincipalComponents.of_density(density, 4), songs.density, songs.style.rule,
+        songs.settings, songs.parameters["bpm"], run.name,
+    )
+    http_server = make_server(explorer, port=0)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{http_server.server_address[1]}"
+    http_server.shutdown()
+    http_server.server_close()
+
+
+def post(url, body, kind="application/json", headers=None):
+    """(status, body) of a POST of ``body`` (bytes) to ``url``."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": kind, **(headers or {})}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_the_server_answers_songs_and_files_for_slider_positions(server, run_and_songs):
+    status, body = post(f"{server}/song", json.dumps({"positions": [0, 0, 0, 0]}).encode())
+    notes = json.loads(body)["notes"]
+    assert status == 200 and notes and all(16 <= pitch < 112 and 0 <= step < 16 * 96 for step, pitch in notes)
+    moved = json.loads(post(f"{server}/song", json.dumps({"positions": [3, -3, 3, -3], "threshold": 0.01}).encode())[1])
+    assert moved["notes"] != notes
+    status, midi = post(f"{server}/midi", json.dumps({"positions": [0, 0, 0, 0], "bpm": 90}).encode())
+    assert status == 200 and midi[:4] == b"MThd"
+    song = midi_to_song(midi)
+    assert sorted((step, pitch) for step, pitch in notes) == sorted(
+        (measure * 96 + step, pitch + 16) for measure, pitch, step in zip(*np.nonzero(song.reshape(16, 96, 96)))
+    )
+    status, wav = post(f"{server}/wav", json.dumps({"positions": [0, 0, 0, 0]}).encode())
+    assert status == 200 and wav[:4] == b"RIFF"
+    positions = json.loads(post(f"{server}/random", b"{}")[1])["positions"]
+    assert len(positions) == 4 and max(map(abs, positions)) <= 3
+    _, (song_file, _) = run_and_songs
+    status, body = post(f"{server}/encode", song_file.read_bytes(), "audio/midi")
+    assert status == 200 and len(json.loads(body)["positions"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "message"),
+    [
+        ("/song", b"not json", 400, "the body is not JSON"),
+        ("/song", b"[1, 2]", 400, "the body is not a JSON object"),
+        ("/song", b'{"positions": [0, 0, 0]}', 400, "positions must be a list of 4 numbers"),
+        ("/song", b'{"positions": [0, 0, 0, "x"]}', 400, "positions must be a list of 4 numbers"),
+        ("/song", b'{"positions": [0, 0, 0, NaN]}', 400, "positions must be a list of 4 numbers"),
+        ("/song", b'{"positions": [0, 0, 0, 1e9]}', 400, "positions must lie within"),
+        ("/song", b'{"positions": [0, 0, 0, 0], "threshold": 2}', 400, "threshold must be null or a number"),
+        ("/midi", b'{"positions": [0, 0, 0, 0], "bpm": 0}', 400, "bpm must be a number from 20 to 400"),
+        ("/encode", b"MThd and then nothing", 400, "not a readable MIDI file"),
+        ("/song", b"x" * 70_000, 413, "the body is over 65,536 bytes"),
+        ("/../../etc/passwd", b"{}", 404, "no such page"),
+    ],
+)
+def test_bad_requests_get_a_4xx_and_one_log_line(server, capfd, route, body, status, message):
+    got, answer = post(server + route, body)
+    assert got == status and message in json.loads(answer)["error"]
+    log = capfd.readouterr().err.strip().splitlines()
+    assert len(log) == 1 and message in log[0] and "Traceback" not in log[0]
+
+
+def test_get_serves_the_page_and_nothing_else(server):
+    with urllib.request.urlopen(f"{server}/", timeout=30) as response:
+        assert response.status == 200 and b"<canvas" in response.read()
+    for path in ("/index.html", "/../state.json", "/model/decoder.keras"):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(server + path, timeout=30)
+        assert error.value.code == 404
+
+
+def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_songs, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium: install it (Debian: apt install chromium); .ci/run does")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt"
+    )
+    _, (song_file, _) = run_and_songs
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--disable-gpu", "--no-first-run", "--autoplay-policy=no-user-gesture-required"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        errors = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server)
+        page.wait_for_function("window.explorer && window.explorer.state.draws >= 1")
+
+        def roll():
+            return page.evaluate("document.getElementById('roll').toDataURL()")
+
+        def after_a_draw(action):
+            draws = page.evaluate("window.explorer.state.draws")
+            action()
+            page.wait_for_function(f"window.explorer.state.draws > {draws}")
+
+        def sliders():
+            return page.evaluate("[...window.explorer.state.positions]")
+
+        first = roll()
+        after_a_draw(lambda: page.fill("#threshold", "0.02"))  # every cell the decoder is sure of at 2%
+        thresholded = roll()
+        after_a_draw(lambda: page.locator("#sliders input").first.fill("3"))
+        assert roll() != thresholded and sliders()[0] == 3
+        after_a_draw(lambda: page.click("#reset"))
+        assert sliders() == [0, 0, 0, 0] and roll() == thresholded
+        after_a_draw(lambda: page.fill("#threshold", "0"))
+        assert roll() == first
+        after_a_draw(lambda: page.click("#random"))
+        assert sliders() != [0, 0, 0, 0]
+        after_a_draw(lambda: page.set_input_files("#open", str(song_file)))
+        encoded = sliders()
+        assert encoded != [0, 0, 0, 0]
+        page.click("#play")
+        page.wait_for_function("window.explorer.playing() && window.explorer.audioTime() > 0.2")
+        page.click("#play")
+        assert not page.evaluate("window.explorer.playing()")
+        with page.expect_download() as download:
+            page.click("#download-midi")
+        saved = tmp_path / "shown.mid"
+        download.value.save_as(saved)
+        shown = page.evaluate("window.explorer.state.notes")
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "explore_page.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    song = midi_to_song(saved)  # as data_loader reads it
+    assert sorted(map(tuple, shown)) == sorted(
+        (measure * 96 + step, pitch + 16) for measure, pitch, step in zip(*np.nonzero(song.reshape(16, 96, 96)))
+    )
