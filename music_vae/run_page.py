@@ -86,12 +86,17 @@ def loss_curve_image(history):
 
 def song_groups(generated):
     """The songs in a run's ``generated/`` folder as [(heading, [names])]: the final
-    songs, those of ``generate``, then each epoch's, newest first."""
+    songs, those of ``generate``, ``interpolate`` and ``variations``, then each epoch's,
+    newest first."""
     names = sorted(path.stem for path in (Path(generated) / "img").glob("*.png"))
     groups = {}
     for name in names:
         groups.setdefault(name.split("_song")[0], []).append(name)
-    headings = {"final": "Final songs", "sample": "Songs from generate"}
+    headings = {
+        "final": "Final songs", "sample": "Songs from generate",
+        "interpolation": "Interpolation, from the first song's reconstruction to the second's",
+        "variation": "Variations of a song",
+    }
     epochs = sorted(
         (prefix for prefix in groups if re.fullmatch(r"epoch\d+", prefix)), key=lambda prefix: -int(prefix[5:])
     )

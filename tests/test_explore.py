@@ -4,6 +4,7 @@ server, its answers and its bad requests, and the page itself in headless Chromi
 
 import argparse
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -100,6 +101,12 @@ def test_interpolation_ends_at_the_reconstructions_of_its_two_songs(run_and_song
     assert songs[-1] == pytest.approx(reconstructions[1], abs=1e-6)
     assert np.abs(songs[1] - songs[0]).max() > 1e-4  # the decoder tells the points apart
     assert len(list((tmp_path / "midi").glob("interpolation_song*.mid"))) == 5
+    assert mg.main([*argv, "--no-audio"]) == 0  # into the run: its page shows them as one strip, in order
+    page = (run / "index.html").read_text()
+    strip = page[page.index('<div class="strip">') :]
+    strip = strip[: strip.index("</div>")]
+    shown = re.findall(r'alt="piano roll of (interpolation_song\d\d)"', strip)
+    assert shown == [f"interpolation_song{number:02d}" for number in range(1, 6)]
 
 
 def test_the_same_seed_gives_the_same_variations(run_and_songs, tmp_path):
