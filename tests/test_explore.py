@@ -5,6 +5,7 @@ server, its answers and its bad requests, and the page itself in headless Chromi
 import argparse
 import json
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -133,6 +134,12 @@ def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp
         (["interpolate", "--run", str(run), "--from", str(song), "--to", str(song), "--steps", "1"], "--steps"),
         (["variations", "--run", str(run), str(song), "--spread", "0"], "argument --spread: must be more than 0"),
     ]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = str(busy.getsockname()[1])
+    cases.append((["explore", "--run", str(run), "--port", port], f"cannot serve at 127.0.0.1:{port}"))
+    cases.append((["explore", "--run", str(tmp_path)], "is not a run folder made by train"))
     for argv, message in cases:
         try:
             code = mg.main(argv)
@@ -140,6 +147,7 @@ def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp
             code = exit.code
         error = capsys.readouterr().err.strip()
         assert code == 2 and message in error and len(error.splitlines()) == 1, (argv, error)
+    busy.close()
 
 
 # --- the explore page ----------------------------------------------------------------------------
