@@ -82,9 +82,9 @@ CONFIGS = {
     "-bce": SPEED + ["--reconstruction", "mse"],
     "+transpose": SPEED + ["--transpose", "6"],
     "+dropout": SPEED + ["--dropout", "0.2"],
-    "+random-start": SPEED + ["--random-start"],
-    "+latent-bn": SPEED + ["--latent-batch-norm", "0.5"],
-    "+both": SPEED + ["--random-start", "--latent-batch-norm", "0.5"],
+    "-random-start": SPEED + ["--no-random-start"],
+    "-latent-bn": SPEED + ["--latent-batch-norm", "0"],
+    "-both": SPEED + ["--no-random-start", "--latent-batch-norm", "0"],
     "batch-16": SPEED + ["--batch-size", "16"],
 }
 # Options that do not change what a run's model learns: runs that differ in them only are alike.

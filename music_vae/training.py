@@ -40,6 +40,7 @@ DEFAULTS = {
     **{field.name: field.default for field in dataclasses.fields(ModelConfig) if field.name != "measures"},
     "reconstruction": "bce",  # the paper's squared error lets the decoder settle on one average song
     "kl_cycle": 4,  # with free bits: about twice the KL in the code, and a lower validation loss
+    "latent_batch_norm": 0.5,  # every latent unit active; the features' mean overlap with the data 0.70 -> 0.76
     "free_bits": 16.0,
     "epochs": 20,
     "batch_size": 64,
@@ -48,7 +49,7 @@ DEFAULTS = {
     "seed": SEED,
     "cache": False,
     "transpose": 0,  # semitones a training song may be moved up or down, drawn anew every epoch
-    "random_start": False,  # a training song's first measure, drawn anew every epoch
+    "random_start": True,  # a training song's first measure, drawn anew every epoch: 5% repeated measures, as the data
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
     "log_every": 100,  # batches between the per-batch TensorBoard points

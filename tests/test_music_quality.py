@@ -249,7 +249,8 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
     default = settings()
     assert {key: default[key] for key in PAPER_SETTINGS} == {
         **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 16.0, "batch_size": 64, "lr": 0.001,
-        "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 2,
+        "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 2, "random_start": True,
+        "latent_batch_norm": 0.5,
     }
     code, run = train(tmp_path, "--preset", "paper", "--epochs", "1", "--songs", "1", "--no-audio")
     parameters = json.loads((run / "state.json").read_text())["parameters"]
