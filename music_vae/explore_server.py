@@ -146,12 +146,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise BadRequest(f"no such page: {self.path[:80]}", 404)
             body, kind = route()
             self.send(200, body, kind)
+        # The log line before the answer: a client that has its answer finds the line written.
         except BadRequest as error:
-            self.send(error.status, json.dumps({"error": str(error)}).encode(), "application/json")
             self.log_message("%s %s: %d %s", self.command, self.path[:80], error.status, error)
+            self.send(error.status, json.dumps({"error": str(error)}).encode(), "application/json")
         except Exception as error:  # noqa: BLE001 - the server stays up; one line says what failed
-            self.send(500, json.dumps({"error": "the server failed"}).encode(), "application/json")
             self.log_message("%s %s: 500 %s: %s", self.command, self.path[:80], type(error).__name__, error)
+            self.send(500, json.dumps({"error": "the server failed"}).encode(), "application/json")
 
     def send(self, status, body, kind):
         self.send_response(status)
