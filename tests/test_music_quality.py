@@ -48,7 +48,8 @@ def test_the_loss_is_the_summed_reconstruction_plus_the_weighted_kl_above_the_fr
 
 
 def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path):
-    code, run = train(tmp_path, "--kl-warmup", "2", "--songs-per-epoch", "0", "--songs", "0", "--no-audio", epochs=3)
+    options = ["--kl-warmup", "2", "--kl-cycle", "0", "--free-bits", "0", "--songs-per-epoch", "0", "--songs", "0"]
+    code, run = train(tmp_path, *options, "--no-audio", epochs=3)
     assert code == 0
     history = json.loads((run / "state.json").read_text())["history"]
     assert [row["kl_share"] for row in history] == [0, 0.5, 1]
