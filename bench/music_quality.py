@@ -136,8 +136,9 @@ def main():
 def judge_config(name, flags, samples, data, epochs, args, trained):
     """Train configuration ``name`` (or take the run of one that trained alike), write its
     songs with ``generate`` and judge them; its figures as a dict."""
+    run_name = name.replace("+", "plus")  # a run name has no "+"
     command = [
-        "train", "--data", str(samples), f"--run-name={name.replace('+', 'plus')}", "--output-dir", str(args.work / "runs"), "--epochs",
+        "train", "--data", str(samples), f"--run-name={run_name}", "--output-dir", str(args.work / "runs"), "--epochs",
         str(epochs), "--songs", "0", "--songs-per-epoch", "0", "--no-audio", "--seed", str(SEED),
         "--validation-split", str(VALIDATION_SPLIT), "--run-info", f"music_quality bench: {shlex.join(flags)}", *flags,
     ]
