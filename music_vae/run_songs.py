@@ -1,5 +1,5 @@
 """A trained run's models and how it makes songs, for the commands that work on a finished
-run: generate, evaluate, encode, interpolate and variations."""
+run: generate, evaluate, interpolate, variations and explore."""
 
 import functools
 from pathlib import Path
