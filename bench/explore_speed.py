@@ -20,7 +20,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from music_vae.explore import PrincipalComponents  # noqa: E402
+from music_vae.explore import PrincipalComponents, run_explorer  # noqa: E402
 from music_vae.explore_server import SLIDER_RANGE, SLIDERS, Explorer  # noqa: E402
 from music_vae.latent import LatentDensity  # noqa: E402
 from music_vae.model import ModelConfig, build_vae, keras, precision  # noqa: E402
@@ -40,11 +40,7 @@ def main():
         from music_vae.run_songs import RunSongs
 
         songs = RunSongs(argparse.Namespace(run=args.run, output_dir=None, audio=False))
-        density = songs.density
-        explorers = {args.run.name: Explorer(
-            songs.decoder, songs.encoder, PrincipalComponents.of_density(density, SLIDERS), density,
-            songs.style.rule, songs.settings, songs.parameters["bpm"],
-        )}
+        explorers = {args.run.name: run_explorer(songs, SLIDERS)}
     else:
         explorers = {name: untrained(name) for name in ("float32", "bfloat16")}
     rng = np.random.default_rng(0)

@@ -146,16 +146,20 @@ def variations_command(args):
     return 0
 
 
+def run_explorer(songs, sliders):
+    """The Explorer of a run (a RunSongs): ``sliders`` principal components of the density
+    of its encoded training songs (fitted and saved once, where the run has none)."""
+    data = songs.run.latent_density("data", songs.decoder.input_shape[-1], songs.fit_density)
+    return Explorer(
+        songs.decoder, songs.encoder, PrincipalComponents.of_density(data, sliders), songs.density,
+        songs.style.rule, songs.settings, songs.parameters["bpm"], songs.run.path.name,
+    )
+
+
 def explore_command(args):
     """The explore command: the explore page of a run, served until Ctrl-C."""
     songs = RunSongs(args)
-    latent = songs.decoder.input_shape[-1]
-    data = songs.run.latent_density("data", latent, songs.fit_density)  # fitted and saved once, where missing
-    explorer = Explorer(
-        songs.decoder, songs.encoder, PrincipalComponents.of_density(data, args.sliders), songs.density,
-        songs.style.rule, songs.settings, songs.parameters["bpm"], songs.run.path.name,
-    )
-    server = make_server(explorer, args.host, args.port)
+    server = make_server(run_explorer(songs, args.sliders), args.host, args.port)
     host, port = server.server_address[:2]
     print(f"Exploring {songs.run.path.name} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     try:

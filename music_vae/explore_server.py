@@ -149,10 +149,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # The log line before the answer: a client that has its answer finds the line written.
         except BadRequest as error:
             self.log_message("%s %s: %d %s", self.command, self.path[:80], error.status, error)
-            self.send(error.status, json.dumps({"error": str(error)}).encode(), "application/json")
+            self.send(error.status, *as_json({"error": str(error)}))
         except Exception as error:  # noqa: BLE001 - the server stays up; one line says what failed
             self.log_message("%s %s: 500 %s: %s", self.command, self.path[:80], type(error).__name__, error)
-            self.send(500, json.dumps({"error": "the server failed"}).encode(), "application/json")
+            self.send(500, *as_json({"error": "the server failed"}))
 
     def send(self, status, body, kind):
         self.send_response(status)
@@ -198,7 +198,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def song(self):
         song, _ = self.request_song()
-        return json.dumps({"notes": self.explorer.notes(song)}).encode(), "application/json"
+        return as_json({"notes": self.explorer.notes(song)})
 
     def midi(self):
         song, bpm = self.request_song()
@@ -209,11 +209,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.explorer.wav(song, bpm, self.synthesizer), "audio/wav"
 
     def random(self):
-        return json.dumps({"positions": self.explorer.random_positions().tolist()}).encode(), "application/json"
+        return as_json({"positions": self.explorer.random_positions().tolist()})
 
     def encode(self):
-        positions = self.explorer.positions_of_midi(self.body(MAX_MIDI_BYTES))
-        return json.dumps({"positions": positions.tolist()}).encode(), "application/json"
+        return as_json({"positions": self.explorer.positions_of_midi(self.body(MAX_MIDI_BYTES)).tolist()})
+
+
+def as_json(value):
+    """``value`` as an answer's body and content type."""
+    return json.dumps(value).encode(), "application/json"
 
 
 def is_number(value):

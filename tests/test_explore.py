@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import music_generator as mg
-from music_vae.explore import PrincipalComponents, slerp, variations
-from music_vae.explore_server import Explorer, make_server
+from music_vae.explore import PrincipalComponents, run_explorer, slerp, variations
+from music_vae.explore_server import make_server
 from music_vae.run_songs import RunSongs
 from music_vae.latent import LatentDensity, encode
 from music_vae.model import keras
@@ -160,12 +160,7 @@ def server(run_and_songs):
     """The explore page of the tiny run, served on a free port in a thread: its address."""
     run, _ = run_and_songs
     songs = RunSongs(argparse.Namespace(run=run, output_dir=None, audio=False))
-    density = songs.run.latent_density("data", songs.decoder.input_shape[-1], songs.fit_density)
-    explorer = Explorer(
-        songs.decoder, songs.encoder, PrincipalComponents.of_density(density, 4), songs.density, songs.style.rule,
-        songs.settings, songs.parameters["bpm"], run.name,
-    )
-    http_server = make_server(explorer, port=0)
+    http_server = make_server(run_explorer(songs, 4), port=0)
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{http_server.server_address[1]}"
     http_server.shutdown()
