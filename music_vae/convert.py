@@ -6,9 +6,11 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import as_completed
@@ -17,8 +19,8 @@ from pathlib import Path, PurePath
 from pebble import ProcessExpired, ProcessPool
 from tqdm import tqdm
 
-from music_vae.files import UsageError, npy_writer, remove_partial_files, write_part
-from music_vae.samples import PITCHES, DataSettings, SkipFile, midi_to_samples
+from music_vae.files import UsageError, atomic_write, npy_writer, remove_partial_files, text_writer, write_part
+from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings, SkipFile, midi_to_samples
 
 MIDI_SUFFIXES = (".mid", ".midi")
 # Bounds that keep one absurd file from stalling or sinking a 30,000-file run.
@@ -53,6 +55,76 @@ def sample_stem(source):
 
 def sample_name(source, first_measure):
     return f"{sample_stem(source)}_m{first_measure:04d}.npy"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``, counted from 0: the MIDI files whose path hashes into it.
+
+    The shards of one ``count`` split the files between them, each file into exactly one,
+    the same way on every machine; shard 0 of 1, the default, is every file.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __str__(self):
+        return f"{self.index}/{self.count}"
+
+    @property
+    def whole(self):
+        return self.count == 1
+
+    def describe(self):
+        return "all the MIDI files" if self.whole else f"shard {self}"
+
+    def option(self):
+        return "without --shard" if self.whole else f"with --shard {self}"
+
+    def holds(self, source):
+        """Whether ``source``, a path relative to INPUT_DIR with '/' separators, is in this shard."""
+        # sha1, not hash(): Python salts hash() per process, and the shards run in other
+        # processes, on other machines. NFC: macOS may give the same name decomposed.
+        digest = hashlib.sha1(unicodedata.normalize("NFC", source).encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+    @classmethod
+    def parse(cls, text):
+        """The shard that ``text``, ``"I/N"``, names.
+
+        Raises
+        ------
+        ValueError
+            ``text`` is not I/N, or I is not from 0 to N-1.
+        """
+        match = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", text)
+        if not match:
+            raise ValueError(f"expected I/N, shard I of N counted from 0 (such as 0/4), not {text!r}")
+        index, count = map(int, match.groups())
+        if count < 1:
+            raise ValueError(f"N of I/N must be 1 or more, not {count}")
+        if not 0 <= index < count:
+            raise ValueError(f"I of I/{count} must be from 0 to {count - 1} (counted from 0), not {index}")
+        return cls(index, count)
+
+
+def recorded_shard(folder):
+    """The shard whose samples ``folder`` holds, as its settings.json names it: all the files
+    (``Shard()``) where it names none, as older versions wrote it.
+
+    Raises
+    ------
+    UsageError
+        settings.json is missing, unreadable, or names no shard.
+    """
+    file = Path(folder) / SETTINGS_FILE
+    try:
+        recorded = json.loads(file.read_text(encoding="utf-8")).get("shard")
+        return Shard() if recorded is None else Shard.parse(str(recorded))
+    except OSError as error:
+        raise UsageError(f"cannot read {file}: {error.strerror or error}") from None
+    except (ValueError, AttributeError) as error:  # not JSON, not a dict, or not I/N
+        raise UsageError(f"{file} names no shard that data_loader.py writes ({error})") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -118,20 +190,21 @@ class OutputFolder:
     Workers write samples as ``.part`` files; rows are appended only after all of a
     file's samples are moved into place, one write per file, so a run killed at any
     moment leaves an index that lists only complete samples, and no truncated ``.npy``.
+    ``settings.json`` also names the shard, where the folder holds one (see Shard).
     """
 
-    def __init__(self, path, settings):
+    def __init__(self, path, settings, shard=Shard()):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._check_settings(settings)
+        self._check_settings(settings, shard)
         remove_partial_files(self.path)  # from a run that was killed mid-write
         self.index = self._open_csv("index.csv", INDEX_COLUMNS)
         self.skipped = self._open_csv("skipped.csv", SKIPPED_COLUMNS)
 
-    def _check_settings(self, settings):
+    def _check_settings(self, settings, shard):
         found = DataSettings.read(self.path)
         if found is None:
-            settings.write(self.path)
+            self._write_settings(settings, shard)
             return
         different = [
             f"{field.name}={getattr(found, field.name)}"
@@ -143,6 +216,20 @@ class OutputFolder:
                 f"{self.path} holds samples made with {', '.join(different)}; "
                 "use the same options to resume, or a new output folder"
             )
+        found_shard = recorded_shard(self.path)
+        if found_shard != shard:  # resuming would mix the files of two shards in one index
+            raise UsageError(
+                f"{self.path} holds a conversion of {found_shard.describe()}, not of {shard.describe()}; "
+                f"resume it {found_shard.option()}, or use a new output folder for each shard"
+            )
+
+    def _write_settings(self, settings, shard):
+        if shard.whole:  # as older code wrote it: no shard named means all the files
+            settings.write(self.path)
+            return
+        # DataSettings.read takes its own keys and leaves this one: older code reads the folder too.
+        values = {**dataclasses.asdict(settings), "shard": str(shard)}
+        atomic_write(self.path / SETTINGS_FILE, text_writer(json.dumps(values, indent=2)))
 
     def _open_csv(self, name, columns):
         """Open a CSV for appending, writing its header when new and dropping a torn last line."""
@@ -191,6 +278,10 @@ class OutputFolder:
 
 @dataclasses.dataclass
 class Summary:
+    """What a run did. ``files_found``: the MIDI files of its shard; ``files_in_input``: all of INPUT_DIR's."""
+
+    shard: Shard = Shard()
+    files_in_input: int = 0
     files_found: int = 0
     files_done_before: int = 0
     files_read: int = 0
@@ -205,7 +296,8 @@ class Summary:
     def text(self, output_dir, settings):
         """The one-paragraph report printed at the end of a run."""
         rate = self.files_read / self.seconds if self.seconds else 0.0
-        read = f"Read {self.files_read} of {self.files_found} MIDI files in {self.seconds:.1f} s ({rate:.0f} files/s)"
+        files = f"{self.files_found} MIDI files" if self.shard.whole else "them"  # the shard's, said before
+        read = f"Read {self.files_read} of {files} in {self.seconds:.1f} s ({rate:.0f} files/s)"
         if self.files_done_before:
             read += f"; the other {self.files_done_before} were done by an earlier run"
         written = f"{self.samples_written} samples written from {self.files_converted} files"
@@ -220,12 +312,15 @@ class Summary:
         listed = f"Samples are listed in {Path(output_dir, 'index.csv')}"
         if self.skipped:
             listed += f", skipped files and why in {Path(output_dir, 'skipped.csv')}"
-        return ". ".join([read, written, notes, listed]) + "."
+        sentences = [read, written, notes, listed]
+        if not self.shard.whole:
+            sentences.insert(0, f"Shard {self.shard}: {self.files_found} of {self.files_in_input} MIDI files")
+        return ". ".join(sentences) + "."
 
 
 def convert_folder(
     input_dir, output_dir, settings=DataSettings(), workers=None, timeout=FILE_TIMEOUT_S, max_file_mb=MAX_FILE_MB,
-    memory_mb=WORKER_MEMORY_MB, progress=None, verbose=False,
+    memory_mb=WORKER_MEMORY_MB, progress=None, verbose=False, shard=Shard(),
 ):
     """Convert every MIDI file under ``input_dir`` into samples in ``output_dir``.
 
@@ -233,22 +328,25 @@ def convert_folder(
     ``max_file_mb``, taking longer than ``timeout`` seconds, needing more than
     ``memory_mb`` or crashing its worker is skipped; the worker is replaced. Files listed
     in ``output_dir``'s CSVs are not read again. ``progress``: show a progress bar (None:
-    when writing to a terminal). Returns a ``Summary``.
+    when writing to a terminal). ``shard``: convert only its files (see Shard); the shards'
+    output folders together hold what one run on all the files writes. Returns a ``Summary``.
     """
     started = time.perf_counter()
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise UsageError(f"input folder {input_dir} does not exist")
     try:
-        output = OutputFolder(output_dir, settings)
+        output = OutputFolder(output_dir, settings, shard)
     except OSError as error:
         raise UsageError(f"cannot write to output folder {output_dir}: {error.strerror or error}") from None
 
-    summary = Summary()
+    summary = Summary(shard)
     paths = find_midi_files(input_dir)
+    summary.files_in_input = len(paths)
+    sources = {path: path.relative_to(input_dir).as_posix() for path in paths}
+    paths = [path for path in paths if shard.holds(sources[path])]
     summary.files_found = len(paths)
     done = output.done_sources()
-    sources = {path: path.relative_to(input_dir).as_posix() for path in paths}
     todo = [path for path in paths if sources[path] not in done]
     summary.files_done_before = len(paths) - len(todo)
 

@@ -1,7 +1,9 @@
-"""data_loader.py: exact cells for each musical case, bad files, bounds, resume, real data."""
+"""data_loader.py: exact cells for each musical case, bad files, bounds, resume, shards, real data."""
 
 import csv
+import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from pebble import ProcessExpired
 
-from music_vae.convert import _outcome, convert_folder
+from music_vae.convert import Shard, _outcome, convert_folder, recorded_shard
 from music_vae.files import UMASK, UsageError, atomic_write, npy_writer
 from music_vae.samples import DataSettings, LOWEST_PITCH, SkipFile, midi_to_samples, song_to_midi
 from midi_files import header, many_events_file, song_notes, track_chunk, write_midi, write_midi_ticks
@@ -427,7 +429,7 @@ def test_help_documents_every_option():
     assert result.returncode == 0
     for option in [
         "--workers", "--lowest-pitch", "--measures", "--out-of-range", "--timeout", "--max-file-size",
-        "--worker-memory",
+        "--worker-memory", "--shard",
     ]:
         assert option in result.stdout
     assert "moved by octaves" in result.stdout
@@ -449,6 +451,115 @@ def test_full_disk_stops_with_one_line_and_resume_finishes(tmp_path):
     assert read_csv(tmp_path / "out" / "skipped.csv") == []
     assert run_cli(source, tmp_path / "out").returncode == 0
     check_output(tmp_path / "out", expected, {})
+
+
+# --- shards: one folder converted on several machines ---------------------------------------
+
+
+def conversion(folder):
+    """A conversion's content: {sample name: bytes}, and its index and skipped rows as sets.
+    Checks on the way that the folder is complete on its own: its index lists exactly its samples."""
+    index = {tuple(entry.values()) for entry in read_csv(folder / "index.csv")}
+    samples = {path.name: path.read_bytes() for path in folder.glob("*.npy")}
+    assert sorted(samples) == sorted(entry[0] for entry in index)
+    assert not list(folder.glob("*.part"))
+    return samples, index, {tuple(entry.values()) for entry in read_csv(folder / "skipped.csv")}
+
+
+def test_shards_are_disjoint_and_together_are_the_whole_conversion_file_for_file(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    good_files(source)
+    bad_files(source)
+    (source / "more" / "deeper").mkdir(parents=True)
+    for number in range(4):
+        write_midi(source / "more" / f"song {number}.mid", song_notes(16 * (number + 1), pitch=40 + 5 * number))
+    write_midi(source / "more" / "deeper" / "Café Ünïcode.mid", song_notes(33))
+    assert run_cli(source, tmp_path / "whole", "--workers", 2).returncode == 0
+    whole = conversion(tmp_path / "whole")
+    # Each shard in a process of its own, as on other machines: Python's hash() would differ in each.
+    results = [run_cli(source, tmp_path / "out" / f"shard{i}", "--shard", f"{i}/3", "--workers", 2) for i in range(3)]
+    shards = [conversion(tmp_path / "out" / f"shard{i}") for i in range(3)]
+
+    sources = [{row[1] for row in index} | {row[0] for row in skipped} for _, index, skipped in shards]
+    assert all(sources)  # every shard got some files...
+    assert sum(map(len, sources)) == len(set.union(*sources)) == 22  # ...and no file is in two
+    for i, (result, shard_sources) in enumerate(zip(results, sources)):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"Shard {i}/3: {len(shard_sources)} of 22 MIDI files. Read ")
+        assert json.loads((tmp_path / "out" / f"shard{i}" / "settings.json").read_text())["shard"] == f"{i}/3"
+    samples = {name: data for shard_samples, _, _ in shards for name, data in shard_samples.items()}
+    assert sum(len(shard_samples) for shard_samples, _, _ in shards) == len(samples)
+    assert samples == whole[0]  # the same names and the same bytes
+    assert set.union(*(index for _, index, _ in shards)) == whole[1]
+    assert set.union(*(skipped for _, _, skipped in shards)) == whole[2]
+    assert len(whole[0]) == 19 and len(whole[2]) == 12
+
+
+def shards_holding(source, count):
+    return [index for index in range(count) if Shard(index, count).holds(source)]
+
+
+def test_a_files_shard_depends_on_its_relative_path_alone():
+    # Pinned: shards converted by this version and by a later one on another machine must agree.
+    assert shards_holding("sub/good.mid", 4) == [0]
+    assert shards_holding("LOUD.MID", 4) == [3]
+    assert shards_holding("sub/Café.mid", 7) == shards_holding("sub/Cafe\u0301.mid", 7) == [1]  # as macOS may spell it
+    assert all(Shard().holds(source) for source in ("a.mid", "sub/b.MIDI", "Café.mid"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shard", "0/0"], "N of I/N must be 1 or more, not 0"),
+        (["--shard", "3/2"], r"I of I/2 must be from 0 to 1 \(counted from 0\), not 3"),
+        (["--shard", "abc"], r"expected I/N, shard I of N counted from 0 \(such as 0/4\), not 'abc'"),
+        (["--shard", "-1/2"], "I of I/2 must be from 0 to 1 .*, not -1"),
+        (["--shard=-1/2"], "I of I/2 must be from 0 to 1 .*, not -1"),
+        (["--shard", "1/4/8"], "expected I/N, .*, not '1/4/8'"),
+    ],
+    ids=["0/0", "3/2", "abc", "-1/2", "=-1/2", "1/4/8"],
+)
+def test_bad_shard_values_get_one_line_and_exit_code_2(tmp_path, args, message):
+    result = run_cli(tmp_path, tmp_path / "out", *args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(f"^data_loader.py: error: argument --shard: {message} \\(see --help\\)$", result.stderr.strip())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_folder_refuses_another_shard_and_the_whole_and_resumes_its_own(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    good_files(source)
+    out = tmp_path / "shard1"
+    convert_folder(source, out, shard=Shard(1, 3), workers=1, progress=False)
+    before = conversion(out)
+    assert [row[1] for row in before[1]] == ["sub/three.midi"]  # the one file of good_files in shard 1/3
+    for other in (Shard(2, 3), Shard(1, 4), Shard()):
+        with pytest.raises(UsageError, match=re.escape(f"{out} holds a conversion of shard 1/3, not of ")):
+            convert_folder(source, out, shard=other, workers=1, progress=False)
+    result = run_cli(source, out)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"data_loader.py: error: {out} holds a conversion of shard 1/3, not of all the MIDI files; "
+        "resume it with --shard 1/3, or use a new output folder for each shard\n"
+    )
+    assert conversion(out) == before
+    again = convert_folder(source, out, shard=Shard(1, 3), workers=1, progress=False)
+    assert (again.files_read, again.files_done_before) == (0, 1)
+    # The shard is a key of its own in settings.json: code that reads only the settings still does.
+    assert DataSettings.read(out) == DataSettings()
+    assert recorded_shard(out) == Shard(1, 3)
+
+    convert_folder(source, tmp_path / "whole", workers=1, progress=False)
+    assert recorded_shard(tmp_path / "whole") == Shard()
+    with pytest.raises(UsageError, match="of all the MIDI files, not of shard 0/2; resume it without --shard,"):
+        convert_folder(source, tmp_path / "whole", shard=Shard(0, 2), workers=1, progress=False)
+    settings = out / "settings.json"
+    settings.write_text(settings.read_text().replace('"1/3"', '"3/3"'))
+    with pytest.raises(UsageError, match="settings.json names no shard that data_loader.py writes"):
+        convert_folder(source, out, shard=Shard(1, 3), workers=1, progress=False)
 
 
 # --- the real corpus -----------------------------------------------------------------------
