@@ -47,10 +47,18 @@ class SongFiles(keras.utils.PyDataset):
     instead of always starting at the same bar line. A file that can no longer be read is
     reported once and a silent song takes its place, so that a long run never dies of one
     file.
+
+    Spread over ``devices`` (see distribute.py), every batch is cut to a multiple of them,
+    since each must get as many samples: a batch size that is not one loses the rest of
+    every batch, and the epoch's last, short batch its own rest, or all of it where it is
+    smaller than the number of devices (a different few samples every epoch, where the
+    order is shuffled). Of ``processes`` (count, index), this one serves only its own
+    share of each batch, the ``index``-th.
     """
 
     def __init__(
-        self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0, following=None
+        self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0, following=None,
+        devices=1, processes=(1, 0),
     ):
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
         self.paths = list(paths)
@@ -60,6 +68,8 @@ class SongFiles(keras.utils.PyDataset):
         self.seed = seed
         self.transpose = transpose
         self.following = None if following is None else np.asarray(following)
+        self.devices = devices
+        self.processes = processes
         self.epoch = 0
         self.unreadable = set()
         self.packed = self._read_all() if cache else None
@@ -77,29 +87,34 @@ class SongFiles(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.paths))
 
     def __len__(self):
-        return math.ceil(len(self.paths) / self.batch_size)
+        full, rest = divmod(len(self.paths), self.batch_size)
+        return full + (rest >= self.devices)
 
     def __getitem__(self, index):
         batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        # Every song's draws are made for the whole batch, in its order, so that a song's
+        # are the same however many devices and processes share the batch.
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.following is None:
-            songs = np.stack([self._song(i) for i in batch])
-        else:
-            starts = rng.integers(self.shape[0], size=len(batch))
-            songs = np.stack([self._song(i, start) for i, start in zip(batch, starts)])
-        if self.transpose:
-            songs = np.stack([transposed(song, self.transpose, rng) for song in songs])
-        return songs
+        starts = rng.integers(self.shape[0], size=len(batch)) if self.following is not None else [0] * len(batch)
+        shifts = rng.random(len(batch)) if self.transpose else [0.0] * len(batch)
+        batch = batch[: len(batch) - len(batch) % self.devices]
+        count, process = self.processes
+        share = len(batch) // count
+        places = range(process * share, (process + 1) * share)
+        return np.stack([self._song(batch[place], starts[place], shifts[place]) for place in places])
 
-    def _song(self, number, start=0):
-        """Sample ``number`` (bit-packed where cached), or the song from its measure ``start``
-        on, running on into the sample that follows it; the sample itself where none does."""
+    def _song(self, number, start=0, shift=0.0):
+        """Sample ``number`` (bit-packed where cached), from its measure ``start`` on, running
+        on into the sample that follows it (where one does), and transposed by the share
+        ``shift`` (0 to 1) of the range it can move (see transposed)."""
         song = self.packed[number] if self.packed is not None else self._load(self.paths[number])
         after = self.following[number] if start else -1
-        if after < 0:
-            return song
-        then = self.packed[after] if self.packed is not None else self._load(self.paths[after])
-        return np.concatenate([song[start:], then[:start]])
+        if after >= 0:
+            then = self.packed[after] if self.packed is not None else self._load(self.paths[after])
+            song = np.concatenate([song[start:], then[:start]])
+        if self.transpose:
+            song = transposed(song, self.transpose, shift)
+        return song
 
     def _load(self, path):
         """A sample as uint8 0/1: any non-zero value is an onset."""
@@ -134,17 +149,18 @@ def load_in_thread(path, attempts=5):
                 raise
 
 
-def transposed(song, semitones, rng):
-    """``song`` (measures, 9216 cells, or 1152 bit-packed bytes) moved by a number of
-    semitones drawn by ``rng`` from those up to ``semitones`` up or down that keep its
-    notes inside the pitch window."""
+def transposed(song, semitones, shift):
+    """``song`` (measures, 9216 cells, or 1152 bit-packed bytes) moved by one of the numbers
+    of semitones, up to ``semitones`` up or down, that keep its notes inside the pitch
+    window: the one at ``shift`` (from 0 to 1, drawn at random) along them."""
     measures, width = song.shape
     rows = song.reshape(measures, PITCHES, width // PITCHES)  # a pitch row: 96 steps, or their 12 bytes
     pitches = np.flatnonzero(rows.any(axis=(0, 2)))
     if not len(pitches):
         return song
-    shift = int(rng.integers(max(-semitones, -pitches[0]), min(semitones, PITCHES - 1 - pitches[-1]) + 1))
-    return np.roll(rows, shift, axis=1).reshape(song.shape)  # nothing wraps round: the rows rolled over are empty
+    lowest, highest = max(-semitones, -pitches[0]), min(semitones, PITCHES - 1 - pitches[-1])
+    moved = lowest + min(int(shift * (highest - lowest + 1)), highest - lowest)
+    return np.roll(rows, moved, axis=1).reshape(song.shape)  # nothing wraps round: the rows rolled over are empty
 
 
 class EpochOrder(keras.callbacks.Callback):
@@ -237,7 +253,7 @@ def read_data(folder, validation_split, seed, settings=None):
         The folder is missing or holds no sample; its settings.json is unreadable, or says
         the samples are not those ``settings`` describes.
     """
-    found = DataSettings.read(folder)  # None where the folder, or its settings.json, is missing
+    found = folder_settings(folder)  # None where the folder, or every settings.json, is missing
     if settings and found and (found.lowest_pitch, found.measures) != (settings.lowest_pitch, settings.measures):
         raise UsageError(
             f"{folder} holds samples of {found.measures} measures from MIDI note {found.lowest_pitch}, "
@@ -261,6 +277,31 @@ def read_data(folder, validation_split, seed, settings=None):
         folder=str(Path(folder).resolve()), settings=settings, training=training, validation=validation,
         malformed=[(path.name, problem) for path, problem in malformed], seed=seed,
     )
+
+
+def folder_settings(folder):
+    """What the samples of ``folder`` were made with: its settings.json, or, where it has none,
+    those of its subfolders (the shards of ``data_loader.py --shard``), which must agree;
+    None where there is none.
+
+    Raises
+    ------
+    UsageError
+        A settings.json cannot be read, or two subfolders' differ.
+    """
+    own = DataSettings.read(folder)
+    if own or not Path(folder).is_dir():
+        return own
+    found = {}
+    for file in sorted(Path(folder).rglob(SETTINGS_FILE)):
+        found.setdefault(DataSettings.read(file.parent), file.parent)
+    if len(found) > 1:
+        (first, one), (second, other) = list(found.items())[:2]
+        raise UsageError(
+            f"{one} and {other} hold samples made with other settings ({first} and {second}): "
+            "train on one of them"
+        )
+    return next(iter(found), None)
 
 
 def find_samples(data_dir, shape):
@@ -291,12 +332,17 @@ def find_samples(data_dir, shape):
 
 
 def read_index(data_dir):
-    """data_loader's ``index.csv`` of ``data_dir``: {sample file name: (source MIDI file, first
-    measure)}; empty where the folder has none, or one that cannot be read."""
-    with contextlib.suppress(OSError, KeyError, ValueError, csv.Error):
-        with open(Path(data_dir) / "index.csv", newline="", encoding="utf-8") as file:
-            return {row["sample"]: (row["source"], int(row["first_measure"])) for row in csv.DictReader(file)}
-    return {}
+    """data_loader's ``index.csv`` of ``data_dir`` and its subfolders (the shards of
+    ``--shard``, whose sample names differ, each holding a hash of its MIDI file's path):
+    {sample file name: (source MIDI file, first measure)}; empty where there is none, and
+    without one that cannot be read."""
+    index = {}
+    for path in sorted(Path(data_dir).rglob("index.csv")):
+        with contextlib.suppress(OSError, KeyError, ValueError, csv.Error):
+            with open(path, newline="", encoding="utf-8") as file:
+                rows = csv.DictReader(file)
+                index.update({row["sample"]: (row["source"], int(row["first_measure"])) for row in rows})
+    return index
 
 
 def split_samples(paths, validation_split, seed, data_dir):

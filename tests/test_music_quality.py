@@ -174,15 +174,15 @@ def test_transposition_keeps_every_note_in_the_window_and_packed_songs_move_alik
     song[:, 2, 0] = song[:, 90, 48] = 1  # 2 semitones of room below, 5 above
     flat = song.reshape(16, -1)
     shifts = set()
-    for draw in range(200):
-        moved = transposed(flat, 12, np.random.default_rng(draw)).reshape(16, PITCHES, STEPS_PER_MEASURE)
+    for shift in np.linspace(0, 1, 200, endpoint=False):
+        moved = transposed(flat, 12, shift).reshape(16, PITCHES, STEPS_PER_MEASURE)
         rows = np.flatnonzero(moved.any(axis=(0, 2)))
         shifts.add(int(rows[0]) - 2)
         assert rows[-1] - rows[0] == 88 and moved.sum() == song.sum()
-        packed = transposed(np.packbits(flat, axis=-1), 12, np.random.default_rng(draw))
+        packed = transposed(np.packbits(flat, axis=-1), 12, shift)
         assert np.array_equal(np.unpackbits(packed, axis=-1), moved.reshape(16, -1))
     assert shifts == set(range(-2, 6))
-    assert transposed(np.zeros_like(flat), 12, np.random.default_rng(0)).sum() == 0
+    assert transposed(np.zeros_like(flat), 12, 0.5).sum() == 0
 
 
 def test_transposed_batches_follow_from_the_seed_and_the_epoch(tmp_path):
@@ -213,7 +213,8 @@ def test_a_random_start_runs_on_into_the_files_next_sample_and_follows_the_seed(
     paths = sorted(folder.glob("*.npy"))
     following = following_samples(paths, folder, 16)
     assert following == [1, -1, -1]
-    assert following_samples(paths, tmp_path, 16) == [-1, -1, -1]  # no index.csv: no sample is known to follow
+    (tmp_path / "elsewhere").mkdir()
+    assert following_samples(paths, tmp_path / "elsewhere", 16) == [-1, -1, -1]  # no index.csv: none known to follow
 
     def first_pitches(batch):
         return [int(np.flatnonzero(song.reshape(16, PITCHES, -1)[m].any(axis=1))[0]) for song in batch for m in (0, 15)]
