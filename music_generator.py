@@ -181,6 +181,17 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
     )
     option(group, "--log-every", "batches between per-batch TensorBoard points", type=int_between(1))
+    group = train_parser.add_argument_group("several devices and machines (README, \"Training on several GPUs\")")
+    option(
+        group, "--distribute",
+        "data-parallel: spread every batch over the devices, each with a copy of the model (JAX or TensorFlow); "
+        "several machines join through the KERAS_DISTRIBUTION_* environment variables (JAX)",
+        choices=("none", "data-parallel"),
+    )
+    option(
+        group, "--devices", "with --distribute data-parallel: how many of this machine's GPUs (else CPUs) to use "
+        "(default: all)", type=int_between(1),
+    )
     group = train_parser.add_argument_group("songs")
     option(
         group, "--songs-per-epoch", "songs written after every epoch, from the same latent vectors each time",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from music_vae.audio import AUDIO_SAMPLE_RATE
+from music_vae.distribute import undistributed
 from music_vae.evaluation import evaluation_scalars
 from music_vae.files import quiet_stderr
 from music_vae.latent import LatentDensity, fit_density
@@ -70,7 +71,9 @@ class EpochEnd(keras.callbacks.Callback):
     state. A kill before the record leaves the run as it was after the previous epoch (see
     RunFolder.recover); one after it, the epoch complete."""
 
-    def __init__(self, run, state, noise, style, tensorboard, density_paths=None, temperature=1.0, seed=0):
+    def __init__(
+        self, run, state, noise, style, tensorboard, density_paths=None, temperature=1.0, seed=0, models=None
+    ):
         super().__init__()
         self.run = run
         self.state = state
@@ -80,6 +83,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.density_paths = density_paths  # training samples to fit the density to; None: the prior
         self.temperature = temperature
         self.seed = seed
+        self.models = models  # a distribute.LocalCopy to make the songs with; None: the model itself
         self.stopped = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -91,16 +95,22 @@ class EpochEnd(keras.callbacks.Callback):
             self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
             self.model.stop_training = True
             return
+        with undistributed():  # the few songs and the saving are this process's alone
+            self.record(epoch, losses)
+
+    def record(self, epoch, losses):
+        """Save the models, write the songs and record ``epoch`` (counted from 0)."""
+        models = self.models.update() if self.models else self.model
         if self.density_paths:
-            density = fit_density(self.model.encoder, self.density_paths, self.seed)
+            density = fit_density(models.encoder, self.density_paths, self.seed)
         else:
             density = LatentDensity.prior(self.noise.shape[1])
         self.run.save_models(self.model, epoch + 1, density if self.density_paths else None)
-        rule = fitted_rule(self.style.rule, self.model.decoder, density, self.temperature, self.seed)
+        rule = fitted_rule(self.style.rule, models.decoder, density, self.temperature, self.seed)
         latents = density.latents(self.noise, self.temperature)
         prefix = f"epoch{epoch + 1:03d}"
         style = dataclasses.replace(self.style, rule=rule)
-        written = write_songs(self.model.decoder, latents, self.run.generated, prefix, style)
+        written = write_songs(models.decoder, latents, self.run.generated, prefix, style)
         row = {"epoch": epoch + 1, **losses, "seconds": time.perf_counter() - self.started}
         # One call, which a second Ctrl-C cannot split: the history and the count agree.
         self.state.update(history=[*self.state["history"], row], epochs_done=epoch + 1)
@@ -115,6 +125,15 @@ class EpochEnd(keras.callbacks.Callback):
         gc.collect()
         notes = ", ".join(str(song.notes) for song in written)
         print(f"epoch {epoch + 1}: model saved" + (f"; songs with {notes} notes" if written else ""))
+
+
+class NonFiniteStop(keras.callbacks.Callback):
+    """Stop training after an epoch whose losses are not all finite, as EpochEnd does in the
+    process that writes the run: the other processes of a run must stop with it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
+            self.model.stop_training = True
 
 
 class KLSchedule(keras.callbacks.Callback):

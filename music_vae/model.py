@@ -203,6 +203,14 @@ class VAE(keras.Model):
         Whether the KL weight follows a schedule: then ``kl_share``, the share of
         ``kl_weight`` in this epoch, is a variable that KLSchedule sets as each epoch begins
         (a compiled training step reads its new value); else the weight is constant.
+
+    Attributes
+    ----------
+    replicas : int
+        Devices that each compute the loss of their part of a batch, whose gradients the
+        optimizer then sums (TensorFlow's MirroredStrategy; see distribute.py): the loss is
+        divided by it, as Keras divides its built-in losses. 1 elsewhere, JAX's data
+        parallelism included, whose step computes the loss of the whole batch.
     """
 
     def __init__(
@@ -216,6 +224,7 @@ class VAE(keras.Model):
         self.free_bits = free_bits
         self.kl_schedule = kl_schedule
         self.kl_share = keras.Variable(1.0, trainable=False, dtype="float32", name="kl_share") if kl_schedule else 1.0
+        self.replicas = 1
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
 
@@ -252,7 +261,7 @@ class VAE(keras.Model):
         self.kl_tracker.update_state(kl, sample_weight=batch_size)
         if self.free_bits:
             kl = ops.mean(ops.maximum(kl_per_song - self.free_bits * math.log(2), 0.0))
-        return reconstruction + self.kl_weight * self.kl_share * kl
+        return (reconstruction + self.kl_weight * self.kl_share * kl) / self.replicas
 
     def get_config(self):
         return {

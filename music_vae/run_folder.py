@@ -218,9 +218,10 @@ def info_text(state):
         "",
         "Speed",
         f"  XLA, cache               {speed['jit']}, {speed['cache']}",
+        *([f"  trained on               {devices_text(state['devices'])}"] if "devices" in state else []),
         f"  GFLOP a training sample  {speed['gflop_per_sample']:.2f}",
         f"  peak GFLOP/s             {speed['peak_gflop_per_s']:,.0f} "
-        "(a measured matrix product; mfu is the share of it in use)",
+        "(a measured matrix product on one device; mfu is the share of it, times the devices, in use)",
         "",
         "Songs",
         f"  audio                    {state.get('audio', 'none')}",
@@ -250,6 +251,15 @@ def data_settings(state):
     """The DataSettings of a run's samples, as its state records them (runs before
     ``out_of_range`` was recorded used the converter's default)."""
     return DataSettings.from_dict({"out_of_range": DataSettings.out_of_range, **state["data"]})
+
+
+def devices_text(devices):
+    """A run's devices and processes in words: "2 devices (gpu:0, gpu:1), 1 process"."""
+    names, processes = devices["names"], devices["processes"]
+    return (
+        f"{len(names)} device{'s' * (len(names) > 1)} ({', '.join(names)}), "
+        f"{processes} process{'es' * (processes > 1)}"
+    )
 
 
 def loss_columns(history):

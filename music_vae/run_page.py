@@ -13,7 +13,7 @@ import jinja2
 
 from music_vae.evaluation import feature_rows, summary_rows
 from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
-from music_vae.run_folder import loss_columns, now
+from music_vae.run_folder import devices_text, loss_columns, now
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
@@ -53,6 +53,8 @@ def run_page(run, state, evaluation=None):
         rows.append(
             ("samples", f"{data['samples']}: {data['training']} for training, {data['validation']} for validation")
         )
+    if "devices" in state:
+        rows.append(("trained on", devices_text(state["devices"])))
     evaluation_rows = None
     if evaluation:
         with contextlib.suppress(KeyError, TypeError, AttributeError):  # an evaluation.json of another version

@@ -15,10 +15,11 @@ import math
 import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
-from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, Speedometer, TensorBoardLog
+from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, NonFiniteStop, Speedometer, TensorBoardLog
 from music_vae.dataset import SEED, EpochOrder, SongFiles, cache_fits, following_samples, read_data
+from music_vae.distribute import LocalCopy, Processes, choose_devices, undistributed
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
-from music_vae.files import UsageError
+from music_vae.files import UsageError, quiet_stderr
 from music_vae.latent import fit_density
 from music_vae.model import (
     FusedAdam, ModelConfig, build_vae, default_jit, keras, peak_flops, precision, training_flops_per_sample,
@@ -52,6 +53,8 @@ DEFAULTS = {
     "random_start": True,  # a training song's first measure, drawn anew every epoch: 5% repeated measures, as the data
     "precision": "float32",
     "jit": None,  # where XLA is faster: see model.default_jit
+    "distribute": "none",  # or "data-parallel": see distribute.py
+    "devices": None,  # with --distribute data-parallel: all of this machine's
     "log_every": 100,  # batches between the per-batch TensorBoard points
     "songs_per_epoch": 3,
     "songs": 10,
@@ -76,14 +79,14 @@ PAPER = {
 # What a resumed run may change: how long and how fast it trains, where its data now are,
 # what it logs and how many songs it writes. The rest would make it another run.
 CHANGEABLE_ON_RESUME = (
-    "data", "epochs", "batch_size", "cache", "jit", "log_every", "songs_per_epoch", "songs", "sample_from",
-    "temperature", "note_rule", "max_pitches_per_step",
+    "data", "epochs", "batch_size", "cache", "jit", "distribute", "devices", "log_every", "songs_per_epoch", "songs",
+    "sample_from", "temperature", "note_rule", "max_pitches_per_step",
 )
 # What a run recorded before these options existed did: a run's parameters lack them.
 WITHOUT_OPTION = {
     "preset": None, "transpose": 0, "random_start": False, "sample_from": "prior", "temperature": 1.0,
     "note_rule": "per-song", "max_pitches_per_step": 0, "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0,
-    "dropout": 0.0, "latent_batch_norm": 0.0,
+    "dropout": 0.0, "latent_batch_norm": 0.0, "distribute": "none",
 }
 # How a run's songs are drawn and written: generate may change each of them.
 SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
@@ -93,35 +96,44 @@ THIS_MACHINE = ("audio", "soundfont")
 
 
 def train(args):
-    """The train command: a new run, or ``--resume`` of a stopped one. Returns the exit code."""
+    """The train command: a new run, or ``--resume`` of a stopped one. Returns the exit code.
+    Where several processes train a run (distribute.py), each calls it; the first alone
+    writes the run folder, the others only train."""
+    processes = Processes.of_environment()
     with contextlib.ExitStack() as held:
         run = state = None
         if args.resume:
             run = RunFolder.open(args.resume, trained=False)
-            held.enter_context(run.training())  # before its state is read: no other process changes it now
+            if processes.writes:
+                held.enter_context(run.training())  # before its state is read: no other process changes it now
             state = run.load_state()
-            args = resumed_args(run, state, args)
-            run.recover(state["epochs_done"])
+            args = resumed_args(run, state, args, notes=processes.writes)
+            if processes.writes:
+                run.recover(state["epochs_done"])
         else:
             args = new_run_args(args)
         held.enter_context(precision(args.precision))
-        keras.utils.set_random_seed(args.seed)
-        synthesizer = song_synthesizer(args)
+        with quiet_stderr():  # Keras seeds TensorFlow too where it is installed, which logs lines as it starts
+            keras.utils.set_random_seed(args.seed)
+        devices = choose_devices(args.distribute, args.devices, processes)  # joins the processes, before computing
+        held.callback(keras.distribution.set_distribution, None)
+        check_batches(args.batch_size, devices.count)
+        processes.wait_for_all("recovered")  # the others load the model that the first has put back
+        synthesizer = song_synthesizer(args) if processes.writes else None
         data = read_data(args.data, args.validation_split, args.seed, data_settings(state) if state else None)
+        check_batches(args.batch_size, devices.count, len(data.training))
         jit = default_jit() if args.jit is None else args.jit
-        vae = model_to_train(run, state, args, data, jit)
+        with devices.scope():
+            vae = model_to_train(run, state, args, data, jit)
+        devices.prepare(vae)
         cache = args.cache and cache_fits(len(data.training) + len(data.validation), data.settings.shape)
         if args.cache and not cache:
             note = "the samples would take more than half of this machine's memory; reading them from disk"
             print(f"note: --cache: {note}", file=sys.stderr)
-        batches = dict(batch_size=args.batch_size, shape=data.settings.shape, cache=cache)
-        following = None
-        if args.random_start:
-            following = following_samples(data.training, data.folder, data.settings.measures)
-        training = SongFiles(
-            data.training, shuffle=True, seed=args.seed, transpose=args.transpose, following=following, **batches
-        )
-        validation = SongFiles(data.validation, **batches) if data.validation else None
+        training, validation = song_batches(args, data, cache, devices)
+        kl_schedule = KLSchedule(args.kl_warmup, args.kl_cycle) if args.kl_warmup or args.kl_cycle else None
+        if not processes.writes:
+            return train_along(vae, training, validation, args, state["epochs_done"] if state else 0, kl_schedule)
         flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
 
         if run is None:  # made only now, so that a stop while the model and the data get ready leaves no folder
@@ -136,6 +148,7 @@ def train(args):
                 "decoder": vae.decoder.count_params(),
             },
             speed={"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9},
+            devices=devices.summary(),
             environment=environment(),
             audio=str(synthesizer) if synthesizer else "none (--no-audio)",
             status="training",
@@ -146,13 +159,13 @@ def train(args):
         rule = NoteRule.of_run(vars(args), data.mean_notes)
         style = SongStyle(rule, args.bpm, data.settings.lowest_pitch, synthesizer)
         tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
+        models = LocalCopy(vae, processes)
         epoch_end = EpochEnd(
             run, state, fixed_noise(args.songs_per_epoch, args.latent, args.seed), style, tensorboard,
             density_paths=data.training if args.sample_from == "data" else None, temperature=args.temperature,
-            seed=args.seed,
+            seed=args.seed, models=models,
         )
-        speedometer = Speedometer(len(data.training), args.batch_size, flops, peak)
-        kl_schedule = KLSchedule(args.kl_warmup, args.kl_cycle) if args.kl_warmup or args.kl_cycle else None
+        speedometer = Speedometer(len(data.training), args.batch_size, flops, peak * devices.count)
         callbacks = [
             EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, speedometer, tensorboard, epoch_end,
         ]
@@ -191,7 +204,8 @@ def train(args):
                     file=sys.stderr,
                 )
                 return 1
-            written = final_songs(run, state, vae, args, data, style, tensorboard)
+            with undistributed():
+                written = final_songs(run, state, models.update(), args, data, style, tensorboard)
         except KeyboardInterrupt:
             finish(run, state, f"interrupted after epoch {state['epochs_done']}")
             resume = f"python music_generator.py train --resume {run.path}"
@@ -217,6 +231,36 @@ def train(args):
     return 0
 
 
+def song_batches(args, data, cache, devices):
+    """The training and validation SongFiles of a run (validation None where there are fewer
+    samples than devices), each serving this process its part of every batch."""
+    processes = devices.processes
+    batches = dict(
+        batch_size=args.batch_size, shape=data.settings.shape, cache=cache, devices=devices.count,
+        processes=(processes.count, processes.index),
+    )
+    following = None
+    if args.random_start:
+        following = following_samples(data.training, data.folder, data.settings.measures)
+    training = SongFiles(
+        data.training, shuffle=True, seed=args.seed, transpose=args.transpose, following=following, **batches
+    )
+    validation = SongFiles(data.validation, **batches) if len(data.validation) >= devices.count else None
+    return training, validation
+
+
+def train_along(vae, training, validation, args, first_epoch, kl_schedule):
+    """Train as a process other than the first: the same steps, with nothing written or
+    said. Returns the exit code."""
+    callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, NonFiniteStop()]
+    if first_epoch < args.epochs:
+        vae.fit(
+            training, validation_data=validation, epochs=args.epochs, initial_epoch=first_epoch, shuffle=False,
+            callbacks=[c for c in callbacks if c], verbose=0,
+        )
+    return 0
+
+
 def new_run_args(args):
     """``args`` of a new run: checked, the options not given set to their DEFAULTS."""
     if not args.data:
@@ -235,12 +279,13 @@ def with_defaults(args):
     return argparse.Namespace(**{**vars(args), **not_given})
 
 
-def resumed_args(run, state, args):
+def resumed_args(run, state, args, notes=True):
     """``args`` of a run to resume: the run's own parameters. Of the options given on the
     command line, those that may change replace them and the others are ignored, and how
-    the songs sound follows the command line; a note says each. ``state`` records the changes."""
+    the songs sound follows the command line; a note says each (where ``notes``). ``state``
+    records the changes."""
     parameters = run_parameters(state)
-    notes = []
+    said = []
     for key in DEFAULTS:
         given = getattr(args, key, None)
         if key in THIS_MACHINE and given is None:
@@ -249,10 +294,10 @@ def resumed_args(run, state, args):
             continue
         flag = "--" + key.replace("_", "-")
         if key in CHANGEABLE_ON_RESUME or key in THIS_MACHINE:
-            notes.append(f"note: {flag} {given} from now on (the run had {parameters[key]})")
+            said.append(f"note: {flag} {given} from now on (the run had {parameters[key]})")
             parameters[key] = given
         else:
-            notes.append(f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)")
+            said.append(f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)")
     done = state["epochs_done"]
     if parameters["epochs"] < done:
         raise UsageError(f"{run.path} has done {done} epochs already; --epochs cannot take them back")
@@ -260,7 +305,7 @@ def resumed_args(run, state, args):
     # songs and evaluation: resuming it writes them.
     if done >= parameters["epochs"] and state["status"] == "finished":
         raise UsageError(f"{run.path} has done its {parameters['epochs']} epochs; pass --epochs N to train it longer")
-    for note in notes:
+    for note in said if notes else ():
         print(note, file=sys.stderr)
     state["parameters"] = parameters
     return argparse.Namespace(**{**vars(args), **parameters})
@@ -278,6 +323,23 @@ def new_state(run, args):
         "run": run.path.name, "run_info": args.run_info, "parameters": {key: getattr(args, key) for key in DEFAULTS},
         "status": "training", "epochs_done": 0, "sessions": [], "history": [],
     }
+
+
+def check_batches(batch_size, devices, samples=None):
+    """Raise UsageError where batches of ``batch_size`` (of ``samples`` training samples,
+    where given) cannot be spread over ``devices``; say where each batch loses some (see
+    SongFiles)."""
+    if batch_size < devices or (samples is not None and samples < devices):
+        raise UsageError(
+            f"{min(batch_size, samples or batch_size)} samples a batch cannot be spread over {devices} devices: "
+            f"pass a --batch-size of {devices} or more (a multiple of {devices}), or fewer --devices"
+        )
+    if batch_size % devices and samples is None:
+        print(
+            f"note: --batch-size {batch_size} is not a multiple of the {devices} devices: each batch leaves out "
+            f"{batch_size % devices} of its samples, a different few every epoch",
+            file=sys.stderr,
+        )
 
 
 def model_to_train(run, state, args, data, jit):
@@ -306,7 +368,8 @@ def model_to_train(run, state, args, data, jit):
 
 def final_songs(run, state, vae, args, data, style, tensorboard):
     """Write the run's final songs and evaluate them against the data (into the run
-    folder, its state and TensorBoard); return the WrittenSongs."""
+    folder, its state and TensorBoard); return the WrittenSongs. ``vae``: what has its
+    ``encoder`` and ``decoder``."""
     fit = lambda: fit_density(vae.encoder, data.training, args.seed)  # noqa: E731
     density = run.latent_density(args.sample_from, args.latent, fit)
     style = dataclasses.replace(style, rule=fitted_rule(style.rule, vae.decoder, density, args.temperature, args.seed))
