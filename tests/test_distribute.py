@@ -112,9 +112,9 @@ def test_two_devices_learn_what_one_does_and_their_run_resumes_and_generates(tmp
     assert len(list((two / "generated" / "midi").glob("sample_song*.mid"))) == 3
 
 
-@needs_jax
-def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device(tmp_path, one_device):
-    data, reference = one_device
+def two_processes(*args):
+    """Run music_generator.py as the two processes of one run, on one CPU device each, and
+    return their outputs."""
     with socket.socket() as free:  # a port for the first process, the coordinator
         free.bind(("localhost", 0))
         port = free.getsockname()[1]
@@ -125,7 +125,7 @@ def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device
                 "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
                 "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
             },
-        )(*train_args(data, tmp_path / "runs", "--distribute", "data-parallel"), wait=False)
+        )(*args, wait=False)
         for index in range(2)
     ]
     try:
@@ -137,9 +137,19 @@ def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device
         assert process.returncode == 0, err[-3000:]
     said = [line for line in outputs[1][0].splitlines() if not line.startswith("[Gloo]")]  # gloo's own line
     assert "Done:" in outputs[0][0] and not said  # the second process writes nothing, says nothing
+    return outputs
+
+
+@needs_jax
+def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device(tmp_path, one_device):
+    """Two processes stand in for two machines: a run of one epoch, then resumed for one more."""
+    data, reference = one_device
+    two_processes(*train_args(data, tmp_path / "runs", "--distribute", "data-parallel", epochs=1))
     run = only_run(tmp_path / "runs")
+    two_processes("train", "--resume", run, "--epochs", "2", "--no-audio")
+    assert only_run(tmp_path / "runs") == run
     assert_same_losses(run, reference)
-    assert "2 processes" in (run / f"{run.name}_info.txt").read_text()
+    assert re.search(r"2 devices \(cpu:0, cpu:\d+\), 2 processes", (run / f"{run.name}_info.txt").read_text())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
