@@ -111,10 +111,6 @@ class Devices:
     def count(self):
         return len(self.names)
 
-    @property
-    def distributed(self):
-        return self.count > 1 or self.processes.count > 1
-
     def scope(self):
         """Where the model must be made (and loaded) to live on every device."""
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
@@ -143,12 +139,19 @@ def choose_devices(distribute, devices=None, processes=Processes()):
     backend = keras.backend.backend()
     if distribute == "none":
         if processes.count > 1:
-            raise UsageError(f"{processes.count} processes are set up (KERAS_DISTRIBUTION_*): pass --distribute "
-                             "data-parallel, or unset those variables")
+            raise UsageError(
+                f"{processes.count} processes are set up (KERAS_DISTRIBUTION_*): pass --distribute data-parallel, "
+                "or unset those variables"
+            )
         return Devices(names=[first_device()])
     if backend == "jax":
+        if processes.count > 1 and devices:
+            raise UsageError(
+                "--devices is for one machine: with several processes, each uses the devices it sees "
+                "(choose them with CUDA_VISIBLE_DEVICES)"
+            )
         processes.join()
-        names = jax_devices(devices, processes)
+        names = jax_devices(devices)
         # SongFiles serves each process its own part of a batch: Keras shards only a tf.data.Dataset.
         distribution = keras.distribution.DataParallel(devices=names, auto_shard_dataset=False)
         keras.distribution.set_distribution(distribution)
@@ -169,17 +172,10 @@ def first_device():
         return "(not listed by this backend)"
 
 
-def jax_devices(wanted, processes):
-    """The first ``wanted`` of JAX's devices (GPUs where there are, else CPUs); with several
-    processes, all of every process's."""
+def jax_devices(wanted):
+    """The first ``wanted`` of JAX's devices (GPUs where there are, else CPUs; with several
+    processes, those of all); None: all."""
     names = keras.distribution.list_devices()
-    if processes.count > 1:
-        if wanted:
-            raise UsageError(
-                "--devices is for one machine: with several processes, each uses the devices it sees "
-                "(choose them with CUDA_VISIBLE_DEVICES)"
-            )
-        return names
     if wanted and wanted > len(names):
         raise UsageError(f"--devices {wanted}: this machine has {len(names)} ({', '.join(names)})")
     return names[:wanted] if wanted else names
