@@ -91,7 +91,7 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         losses = {name: float(value) for name, value in (logs or {}).items()}
-        if not all(math.isfinite(value) for value in losses.values()):
+        if not finite(losses):
             self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
             self.model.stop_training = True
             return
@@ -132,8 +132,13 @@ class NonFiniteStop(keras.callbacks.Callback):
     process that writes the run: the other processes of a run must stop with it."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if not all(math.isfinite(float(value)) for value in (logs or {}).values()):
+        if not finite(logs or {}):
             self.model.stop_training = True
+
+
+def finite(logs):
+    """Whether every number in ``logs`` (an epoch's losses and measures) is finite."""
+    return all(math.isfinite(float(value)) for value in logs.values())
 
 
 class KLSchedule(keras.callbacks.Callback):

@@ -121,7 +121,8 @@ def train(args):
         processes.wait_for_all("recovered")  # the others load the model that the first has put back
         synthesizer = song_synthesizer(args) if processes.writes else None
         data = read_data(args.data, args.validation_split, args.seed, data_settings(state) if state else None)
-        check_batches(args.batch_size, devices.count, len(data.training))
+        if len(data.training) < devices.count:
+            raise UsageError(f"{len(data.training)} training samples cannot be spread over {devices.count} devices")
         jit = default_jit() if args.jit is None else args.jit
         with devices.scope():
             vae = model_to_train(run, state, args, data, jit)
@@ -325,16 +326,15 @@ def new_state(run, args):
     }
 
 
-def check_batches(batch_size, devices, samples=None):
-    """Raise UsageError where batches of ``batch_size`` (of ``samples`` training samples,
-    where given) cannot be spread over ``devices``; say where each batch loses some (see
-    SongFiles)."""
-    if batch_size < devices or (samples is not None and samples < devices):
+def check_batches(batch_size, devices):
+    """Raise UsageError where batches of ``batch_size`` cannot be spread over ``devices``;
+    say where each batch loses some (see SongFiles)."""
+    if batch_size < devices:
         raise UsageError(
-            f"{min(batch_size, samples or batch_size)} samples a batch cannot be spread over {devices} devices: "
+            f"{batch_size} samples a batch cannot be spread over {devices} devices: "
             f"pass a --batch-size of {devices} or more (a multiple of {devices}), or fewer --devices"
         )
-    if batch_size % devices and samples is None:
+    if batch_size % devices:
         print(
             f"note: --batch-size {batch_size} is not a multiple of the {devices} devices: each batch leaves out "
             f"{batch_size % devices} of its samples, a different few every epoch",
