@@ -143,7 +143,7 @@ def choose_devices(distribute, devices=None, processes=Processes()):
                 f"{processes.count} processes are set up (KERAS_DISTRIBUTION_*): pass --distribute data-parallel, "
                 "or unset those variables"
             )
-        return Devices(names=[first_device()])
+        return Devices(names=listed_devices()[:1])
     if backend == "jax":
         if processes.count > 1 and devices:
             raise UsageError(
@@ -164,12 +164,13 @@ def choose_devices(distribute, devices=None, processes=Processes()):
     )
 
 
-def first_device():
-    """The device that trains where nothing is distributed."""
+def listed_devices():
+    """The names of the backend's devices (GPUs where there are, else CPUs), as Keras lists
+    them; one that says so where the backend lists none."""
     try:
-        return keras.distribution.list_devices()[0]
+        return keras.distribution.list_devices()
     except Exception:  # not every backend lists its devices
-        return "(not listed by this backend)"
+        return ["(not listed by this backend)"]
 
 
 def jax_devices(wanted):

@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from music_vae.distribute import listed_devices
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
 from music_vae.latent import DENSITY_FILE, LatentDensity
@@ -276,10 +277,7 @@ def environment():
     for module in ("tensorflow", "jax", "torch", "numpy", "pretty_midi"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "?")
-    try:
-        versions["devices"] = ", ".join(keras.distribution.list_devices())
-    except Exception:  # not every backend lists its devices
-        versions["devices"] = "(not listed by this backend)"
+    versions["devices"] = ", ".join(listed_devices())
     versions["machine"] = f"{platform.platform()}, {os.cpu_count()} cores"
     return versions
 
