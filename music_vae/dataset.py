@@ -10,6 +10,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import sys
@@ -213,8 +214,10 @@ class Data:
         The folder, as an absolute path.
     settings : DataSettings
         What the samples were made with (their settings.json).
-    training, validation : list of Path
-        The samples of each split; those of one MIDI file are in the same one.
+    training, validation, test : list of Path
+        The samples of each split; those of one MIDI file are in the same one. Validation
+        songs choose settings and calibrate; test songs are for the figures a run reports,
+        and nothing is tuned on them.
     malformed : list of (str, str)
         Files that are not samples, and why.
     seed : int
@@ -225,6 +228,7 @@ class Data:
     settings: DataSettings
     training: list
     validation: list
+    test: list
     malformed: list
     seed: int
 
@@ -237,15 +241,17 @@ class Data:
     def summary(self):
         """What a run's state records of its data."""
         return {
-            "folder": self.folder, "samples": len(self.training) + len(self.validation), "training": len(self.training),
-            "validation": len(self.validation), "malformed": self.malformed, "mean_notes": self.mean_notes,
+            "folder": self.folder, "samples": len(self.training) + len(self.validation) + len(self.test),
+            "training": len(self.training), "validation": len(self.validation), "test": len(self.test),
+            "malformed": self.malformed, "mean_notes": self.mean_notes,
             **dataclasses.asdict(self.settings),
         }
 
 
-def read_data(folder, validation_split, seed, settings=None):
-    """The samples of ``folder``, checked (malformed ones reported) and split. ``settings``:
-    what they were made with, if known (a run's state knows); else their settings.json says.
+def read_data(folder, validation_split, seed, settings=None, test_split=0.0):
+    """The samples of ``folder``, checked (malformed ones reported) and split into training,
+    validation and test samples (see split_samples). ``settings``: what they were made with,
+    if known (a run's state knows); else their settings.json says.
 
     Raises
     ------
@@ -272,9 +278,9 @@ def read_data(folder, validation_split, seed, settings=None):
         print(f"warning: skipped {path}: {problem}", file=sys.stderr)
     if len(malformed) > 10:
         print(f"warning: skipped {len(malformed) - 10} more malformed files", file=sys.stderr)
-    training, validation = split_samples(paths, validation_split, seed, folder)
+    training, validation, test = split_samples(paths, validation_split, seed, folder, test_split)
     return Data(
-        folder=str(Path(folder).resolve()), settings=settings, training=training, validation=validation,
+        folder=str(Path(folder).resolve()), settings=settings, training=training, validation=validation, test=test,
         malformed=[(path.name, problem) for path, problem in malformed], seed=seed,
     )
 
@@ -345,8 +351,11 @@ def read_index(data_dir):
     return index
 
 
-def split_samples(paths, validation_split, seed, data_dir):
-    """Split into training and validation paths, keeping samples of one song together.
+def split_samples(paths, validation_split, seed, data_dir, test_split=0.0):
+    """Split into training, validation and test paths, keeping the samples of one MIDI file
+    together: songs are drawn at random (with ``seed``) for validation until it holds its
+    share of the samples, then for test. The validation split is the same whatever the
+    test split.
 
     Songs are known from data_loader's ``index.csv`` when the folder has one; otherwise
     every file counts as its own song.
@@ -356,13 +365,32 @@ def split_samples(paths, validation_split, seed, data_dir):
     for path in paths:
         songs.setdefault(index.get(path.name, (str(path),))[0], []).append(path)
     groups = list(songs.values())
-    validation, wanted = [], round(validation_split * len(paths))
-    for index in np.random.default_rng(seed).permutation(len(groups)):
-        if len(validation) >= wanted:
-            break
-        validation.extend(groups[index])
-    chosen = set(validation)
-    return [path for path in paths if path not in chosen], validation
+    order = iter(np.random.default_rng(seed).permutation(len(groups)))
+    held_out = []
+    for share in (validation_split, test_split):
+        split, wanted = [], round(share * len(paths))
+        for number in order:
+            if len(split) >= wanted:  # this song starts the next split
+                order = itertools.chain([number], order)
+                break
+            split.extend(groups[number])
+        held_out.append(split)
+    chosen = {path for split in held_out for path in split}
+    return [path for path in paths if path not in chosen], *held_out
+
+
+def measure_places(paths, data_dir):
+    """Where the first measure of each sample stands in its MIDI file (from data_loader's
+    ``index.csv``): (len(paths),) int64, the file's number * 2**32 + the measure's number,
+    so that measure m of a sample stands at its place + m and the measures of one file in
+    a row have places in a row. A sample the index does not list is a file of its own."""
+    index = read_index(data_dir)
+    files = {}
+    places = []
+    for path in paths:
+        source, first_measure = index.get(path.name, (str(path), 0))
+        places.append((files.setdefault(source, len(files)) << 32) + first_measure)
+    return np.array(places, np.int64)
 
 
 def following_samples(paths, data_dir, measures):

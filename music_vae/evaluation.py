@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from music_vae import music_metrics
-from music_vae.dataset import SEED, read_sample, subset
+from music_vae.dataset import SEED, measure_places, read_sample, subset
 from music_vae.files import UsageError, atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.latent import ENCODE_BATCH, encode
 from music_vae.model import ops
@@ -25,7 +25,7 @@ TRAINING_CHUNK = 256  # training samples read at a time to find each song's near
 
 def evaluate_songs(
     encoder, decoder, song_paths, *, data_paths, held_out, training, rule, settings, samples=EVALUATION_SAMPLES,
-    seed=SEED,
+    seed=SEED, data_folder=None,
 ):
     """Judge generated MIDI songs against the data, and the model on it.
 
@@ -37,22 +37,29 @@ def evaluate_songs(
     data_paths : list of Path
         Samples of the data; up to ``samples`` of them, drawn with ``seed``, are used.
     held_out : list of Path
-        Samples the model has not trained on, reconstructed for precision and recall.
+        Samples the model has not trained on (a run's test split, or its validation split
+        where it has none): up to ``samples`` of them are reconstructed, and they are the
+        reference of originality.
     training : list of Path or None
-        The samples the model trained on, every one searched for each song's nearest
-        (originality); None where they are not known.
+        The samples the model trained on, every measure searched for the songs' copies
+        (originality), and as many as ``held_out`` reconstructed; None where they are not
+        known.
     rule : NoteRule
         The run's rule for which cells of a decoded song are notes.
     settings : DataSettings
         The pitch window and measures of the run's songs.
+    data_folder : str or Path, optional
+        The training samples' folder, whose index.csv says which MIDI file and measures
+        each sample holds (see dataset.measure_places); without it, each is a file.
 
     Returns
     -------
     dict
         music_metrics.compare's results, plus ``latent`` (active units, KL per
-        dimension and their sum, in nats), ``reconstruction`` (precision, recall, F1;
-        None without held-out samples), ``originality`` (see originality; None
-        without ``training``) and what was compared.
+        dimension and their sum, in nats), ``reconstruction`` and
+        ``training_reconstruction`` (see reconstruction_scores; None without such
+        samples), ``originality`` (see originality; None without ``training``) and what
+        was compared.
     """
     generated = {}
     stems = collections.Counter(path.stem for path in song_paths)
@@ -73,79 +80,114 @@ def evaluate_songs(
     held_out = subset(held_out, samples, seed)
     held_out_songs = [read_sample(path) for path in held_out]
     results["reconstruction"] = reconstruction_scores(encoder, decoder, held_out_songs, rule) if held_out else None
-    results["originality"] = originality(generated, held_out_songs, training) if training else None
+    results["training_reconstruction"] = None
+    results["originality"] = None
+    if training:
+        training_songs = [read_sample(path) for path in subset(training, max(len(held_out), 1), seed)]
+        results["training_reconstruction"] = reconstruction_scores(encoder, decoder, training_songs, rule)
+        results["originality"] = originality(generated, held_out_songs, training, data_folder)
     results["compared"] = {
         "songs": [str(path) for path in song_paths], "data_samples": len(data_paths), "held_out_samples": len(held_out),
     }
     return results
 
 
+def reconstruct(encoder, decoder, songs, rule):
+    """The songs the model makes of ``songs`` (a list of (measures, 9216) onsets): each
+    encoded to its latent mean and decoded, its notes picked as the run picks a song's.
+    Returns (values, notes): (count, measures, 9216) float32 decoder outputs, and the cells
+    of each that are notes as uint8 0/1."""
+    values, notes = [], []
+    for start in range(0, len(songs), ENCODE_BATCH):
+        z_mean, _ = encode(encoder, songs[start : start + ENCODE_BATCH])
+        decoded = ops.convert_to_numpy(ops.cast(decoder(ops.convert_to_tensor(z_mean), training=False), "float32"))
+        for song in decoded:
+            kept, threshold = rule.apply(song)
+            values.append(song)
+            notes.append((kept >= threshold).astype(np.uint8))
+    if not values:
+        return np.zeros((0, *np.shape(songs)[1:]), np.float32), np.zeros((0, *np.shape(songs)[1:]), np.uint8)
+    return np.stack(values), np.stack(notes)
+
+
 def reconstruction_scores(encoder, decoder, songs, rule):
-    """Onset precision, recall and F1 of the decoded z_mean of each of ``songs``, with its
-    notes picked as the run picks a song's notes."""
-    correct = true_notes = predicted_notes = 0
+    """How much of ``songs`` their reconstructions (see reconstruct) rebuild: onset
+    precision, recall and F1 over all of them (music_metrics.onset_scores), exact, and
+    ``within_1_step`` with a step of tolerance; and the number of ``samples``."""
+    exact, near = [0, 0, 0], [0, 0, 0]
     for start in range(0, len(songs), ENCODE_BATCH):
         batch = songs[start : start + ENCODE_BATCH]
-        z_mean, _ = encode(encoder, batch)
-        decoded = ops.convert_to_numpy(decoder(ops.convert_to_tensor(z_mean), training=False))
-        for song, values in zip(batch, decoded):
-            kept, song_threshold = rule.apply(values)
-            predicted = kept >= song_threshold
-            correct += np.count_nonzero(predicted & (song != 0))
-            true_notes += np.count_nonzero(song)
-            predicted_notes += np.count_nonzero(predicted)
-    return {**music_metrics.scores_of_counts(correct, true_notes, predicted_notes), "samples": len(songs)}
+        _, notes = reconstruct(encoder, decoder, batch, rule)
+        for counts, tolerance in ((exact, 0), (near, 1)):
+            scores = music_metrics.onset_scores(np.stack(batch), notes, tolerance)
+            for position, key in enumerate(("correct_notes", "true_notes", "predicted_notes")):
+                counts[position] += scores[key]
+    within = music_metrics.scores_of_counts(*near)
+    return {
+        **music_metrics.scores_of_counts(*exact), "samples": len(songs),
+        "within_1_step": {key: within[key] for key in ("precision", "recall", "f1")},
+    }
 
 
-def originality(generated, held_out_songs, training):
-    """How near each generated song comes to a song it was trained on: the Jaccard index of
-    its nearest training sample, and the same for held-out songs, which no model has seen,
-    as the reference (real songs of one collection share some notes too).
+def originality(generated, held_out_songs, training, data_folder=None):
+    """How much of each generated song replays its training songs, measure by measure (see
+    music_metrics.replayed_measures: at any place and in any key near their own), and the
+    same for held-out songs, which no model has seen, as the reference: real songs of one
+    collection share some measures and phrases too.
 
     Parameters
     ----------
     generated : dict
         Song name -> (measures, 9216) onsets.
     held_out_songs : list of np.ndarray
-        Samples training never saw; up to DIVERSITY_SONGS of them are searched for.
+        Samples training never saw.
     training : list of Path
         Every training sample, read TRAINING_CHUNK at a time.
+    data_folder : str or Path, optional
+        Their folder, whose index.csv places each sample's measures in its MIDI file.
 
     Returns
     -------
     dict
-        ``songs`` (name -> {"jaccard", "nearest": the training sample's file name}),
-        ``generated`` and ``held_out`` (music_metrics.copy_summary of each, or None), and
-        ``training_samples`` searched.
+        ``songs`` (name -> {"measures": judged, "copied": those that replay a training
+        measure, "phrase_copy": bool}), ``generated`` and ``held_out``
+        (music_metrics.replay_summary of each, or None), and ``training_samples`` searched.
     """
-    reference = held_out_songs[: music_metrics.DIVERSITY_SONGS]
-    rows = [*generated.values(), *reference]
+    rows = [*generated.values(), *held_out_songs]
     if not rows:
         return None
+    places = measure_places(training, data_folder) if data_folder else np.arange(len(training), dtype=np.int64) << 32
     readable = []
 
     def chunks():
         for start in range(0, len(training), TRAINING_CHUNK):
-            chunk = []
-            for path in training[start : start + TRAINING_CHUNK]:
+            chunk, chunk_places = [], []
+            for path, place in zip(training[start : start + TRAINING_CHUNK], places[start : start + TRAINING_CHUNK]):
                 try:
                     chunk.append(read_sample(path))
-                    readable.append(path)
                 except (OSError, ValueError) as error:  # gone since training began: it cannot be copied either
                     print(f"warning: skipped {path}: {error}", file=sys.stderr)
+                    continue
+                readable.append(path)
+                chunk_places.append(place + np.arange(len(chunk[-1])))
             if chunk:
-                yield np.stack(chunk)
+                yield np.concatenate(chunk), np.concatenate(chunk_places)
 
-    jaccard, nearest = music_metrics.nearest_copies(np.stack(rows), chunks())
-    ours = jaccard[: len(generated)]
+    best, copies = music_metrics.replayed_measures(np.stack(rows), chunks())
+    ours = len(generated)
+    phrases = set(music_metrics.phrase_copies(copies))
+    songs = {
+        name: {
+            "measures": int(np.count_nonzero(np.isfinite(measures))),
+            "copied": int(np.count_nonzero(measures >= music_metrics.COPY_JACCARD)),
+            "phrase_copy": number in phrases,
+        }
+        for number, (name, measures) in enumerate(zip(generated, best))
+    }
+    theirs = copies[copies[:, 0] >= ours] - [ours, 0, 0, 0]
     return {
-        "songs": {
-            name: {"jaccard": round(float(value), 4), "nearest": Path(readable[index]).name if index >= 0 else None}
-            for name, value, index in zip(generated, ours, nearest)
-        },
-        "generated": music_metrics.copy_summary(ours),
-        "held_out": music_metrics.copy_summary(jaccard[len(generated) :]),
-        "training_samples": len(readable),
+        "songs": songs, "generated": music_metrics.replay_summary(best[:ours], copies[copies[:, 0] < ours]),
+        "held_out": music_metrics.replay_summary(best[ours:], theirs), "training_samples": len(readable),
     }
 
 
@@ -154,9 +196,11 @@ def evaluation_image(results):
     overlap, and the KL of each latent dimension, as an RGBA uint8 picture."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(20, 7), dpi=100)
+    columns = 4
+    rows = len(music_metrics.FEATURES) // columns + 1  # and the KL
+    figure = Figure(figsize=(16, 3.5 * rows), dpi=100)
     for number, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
-        axes = figure.add_subplot(2, 5, number)
+        axes = figure.add_subplot(rows, columns, number)
         real = np.array(results["data_features"][feature], np.float64)
         ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
         real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
@@ -170,7 +214,7 @@ def evaluation_image(results):
         axes.set_yticks([])
         if number == 1:
             axes.legend(fontsize=8)
-    axes = figure.add_subplot(2, 5, 10)
+    axes = figure.add_subplot(rows, columns, rows * columns)
     latent = results["latent"]
     kl = np.sort(latent["kl_per_dimension"])[::-1]
     axes.bar(np.arange(len(kl)), kl, width=1.0, color="tab:blue")
@@ -231,31 +275,27 @@ def feature_rows(results):
 
 def summary_rows(results):
     """The evaluation's numbers over songs, as (label, value) pairs."""
-    in_range, latent, scores = results["in_range"], results["latent"], results["reconstruction"]
-    low, high = in_range["data_notes_10_90"]
+    latent = results["latent"]
     rows = [
         ("mean overlap with the data", _number(results["mean_overlap"])),
         (
             "diversity between the songs (the data's)",
             f"{_number(results['diversity'])} ({_number(results['data_diversity'])})",
         ),
-        (f"songs with {low:.0f}-{high:.0f} notes, the data's 10-90% range", f"{in_range['songs']} of {in_range['of']}"),
         ("silent songs", ", ".join(results["silent_songs"]) or "none"),
         (f"active latent units (mean KL > {music_metrics.ACTIVE_KL})", f"{latent['active_units']} of {latent['of']}"),
         # The mean KL bounds what the code can tell about a song: at 4 nats it tells at
         # most about e**4 = 55 songs apart, however many units pass the threshold.
         ("KL per song, all units (nats)", f"{latent['kl_per_song']:.2f}"),
     ]
-    if scores:
-        values = [
-            f"{name} {_number(scores[key])}"
-            for name, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))
-        ]
-        rows.append((f"reconstruction of {scores['samples']} held-out samples", ", ".join(values)))
-    else:
+    for key, whose in (("reconstruction", "held-out"), ("training_reconstruction", "training")):
+        scores = results.get(key)  # absent from an evaluation.json of an earlier version
+        if scores:
+            rows.append((f"reconstruction of {scores['samples']} {whose} samples", reconstruction_text(scores)))
+    if not results.get("reconstruction"):
         rows.append(("reconstruction", "no held-out samples"))
-    originality = results.get("originality")  # None, or absent from an evaluation.json of an earlier version
-    if originality and originality["generated"]:
+    originality = results.get("originality")  # None, or one of an earlier version
+    if originality and originality["generated"] and "copied_share" in originality["generated"]:
         ours, theirs = originality["generated"], originality["held_out"]
 
         def beside(text):  # the held-out songs' figure, the reference
@@ -263,17 +303,31 @@ def summary_rows(results):
 
         rows += [
             (
-                f"near copies of a training sample (Jaccard >= {music_metrics.COPY_JACCARD})",
-                beside(lambda copies: f"{copies['copies']} of {copies['songs']}"),
+                f"measures replaying a training measure (Jaccard >= {music_metrics.COPY_JACCARD}, any place, "
+                f"+-{music_metrics.TRANSPOSITIONS} semitones)",
+                beside(lambda summary: f"{summary['copied_share']:.1%} of {summary['measures']}"),
             ),
             (
-                f"nearest of {originality['training_samples']} training samples, Jaccard mean / max",
-                beside(lambda copies: f"{_number(copies['mean'])} / {_number(copies['max'])}"),
+                f"songs with a phrase copy ({music_metrics.PHRASE_MEASURES} measures of a training file in a row)",
+                beside(lambda summary: f"{summary['phrase_copies']} of {summary['songs']}"),
+            ),
+            (
+                f"most similar of {originality['training_samples']} training samples' measures, mean Jaccard",
+                beside(lambda summary: _number(summary["mean"])),
             ),
         ]
     else:
         rows.append(("originality", "the training samples were not at hand"))
     return rows
+
+
+def reconstruction_text(scores):
+    """Reconstruction scores as "precision P, recall R, F1 F (within a step: F1 F)"."""
+    names = (("precision", "precision"), ("recall", "recall"), ("F1", "f1"))
+    text = ", ".join(f"{name} {_number(scores[key])}" for name, key in names)
+    if "within_1_step" in scores:
+        text += f" (within a step: F1 {_number(scores['within_1_step']['f1'])})"
+    return text
 
 
 def evaluation_table(results):
@@ -288,17 +342,19 @@ def evaluation_table(results):
     lines.append("")
     lines += [f"  {label:54} {value}" for label, value in summary_rows(results)]
     if results["songs"]:
-        nearest = (results.get("originality") or {}).get("songs", {})
+        copies = (results.get("originality") or {}).get("songs", {})
         width = max(len(name) for name in results["songs"]) + 2
         lines += [
             "",
             "  " + "song".ljust(width) + "".join(f"{short:>9}" for _, short in music_metrics.FEATURES.values())
-            + ("  nearest training sample (Jaccard)" if nearest else ""),
+            + ("  copied measures" if copies else ""),
         ]
         for name, values in results["songs"].items():
-            cells = "".join(f"{_number(values[feature]):>9}" for feature in music_metrics.FEATURES)
-            if name in nearest:
-                cells += f"  {nearest[name]['nearest']} ({_number(nearest[name]['jaccard'])})"
+            cells = "".join(f"{_number(values.get(feature)):>9}" for feature in music_metrics.FEATURES)
+            if "copied" in copies.get(name, {}):
+                song = copies[name]
+                phrase = ", a phrase copy" if song["phrase_copy"] else ""
+                cells += f"  {song['copied']} of {song['measures']}{phrase}"
             lines.append("  " + name.ljust(width) + cells)
     return "\n".join(lines)
 
@@ -310,12 +366,12 @@ def evaluation_scalars(results):
         mean_overlap=results["mean_overlap"], diversity=results["diversity"],
         active_units=results["latent"]["active_units"], kl_per_song=results["latent"]["kl_per_song"],
     )
-    scalars["songs_in_range"] = results["in_range"]["songs"] / max(results["in_range"]["of"], 1)
-    for key in ("precision", "recall", "f1"):
-        scalars[f"reconstruction_{key}"] = (results["reconstruction"] or {}).get(key)
+    for prefix, key in (("reconstruction", "reconstruction"), ("training_reconstruction", "training_reconstruction")):
+        for name in ("precision", "recall", "f1"):
+            scalars[f"{prefix}_{name}"] = (results.get(key) or {}).get(name)
     copies = (results.get("originality") or {}).get("generated")
     if copies:
-        scalars.update(nearest_training_jaccard=copies["mean"], near_copy_share=copies["copies"] / copies["songs"])
+        scalars.update(copied_measure_share=copies["copied_share"], phrase_copy_songs=copies["phrase_copies"])
     return {name: float(value) for name, value in scalars.items() if value is not None}
 
 

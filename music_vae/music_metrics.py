@@ -16,19 +16,29 @@ where they share nothing.
 Scale and groove consistency are MusPy's (Dong et al., ISMIR 2020 late-breaking demo),
 computed here on the onsets: the share of notes in the song's best-fitting major or minor
 scale, and one minus the mean share of the 96 step positions whose onset differs between
-neighbouring measures. Originality is the Jaccard index of a song and its nearest training
-sample: 1 for a copy.
+neighbouring measures.
+
+Originality is judged measure by measure, so that a training phrase replayed in another key
+or from another bar line is still found: each measure's most similar training measure, at
+any place in any training file and at any transposition of up to TRANSPOSITIONS semitones
+(Jaccard index, 1 for a copy); and phrase copies, PHRASE_MEASURES measures in a row that
+replay as many measures in a row of one training file at one transposition.
 """
 
 import numpy as np
+from scipy import sparse
 
-from music_vae.samples import LOWEST_PITCH, MEASURES_PER_SAMPLE, PITCHES, STEPS_PER_MEASURE
+from music_vae.samples import LOWEST_PITCH, PITCHES, STEPS_PER_MEASURE, piano_roll
 
 SIXTEENTH_STEPS = STEPS_PER_MEASURE // 16  # 6 steps: one sixteenth note in 4/4
 REPEAT_JACCARD = 0.8  # two measures whose onsets overlap this much count as a repeat
 ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is above this carries information
 DIVERSITY_SONGS = 200  # real songs compared pair by pair: 20,000 pairs, 120 MB of cells
-COPY_JACCARD = 0.5  # a song that shares this much with a training sample is (near) a copy of it
+COPY_JACCARD = 0.8  # a measure that shares this much with a training measure replays it
+COPY_MIN_ONSETS = 4  # a measure with fewer onsets (one chord, a held note) is too plain to count as a copy
+TRANSPOSITIONS = 6  # a copy may be moved this many semitones up or down
+PHRASE_MEASURES = 4  # this many copied measures in a row, of one training file in a row: a phrase copy
+LEAP_SEMITONES = 7  # a move of the top line larger than a fifth is a leap
 MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], bool)  # pitch classes from the root
 MINOR_SCALE = np.roll(MAJOR_SCALE, -9)  # natural minor: the major scale from its sixth degree
 # The 24 major and minor scales as a (24, 12) 0/1 matrix: row r's pitch classes.
@@ -36,7 +46,9 @@ SCALES = np.array([np.roll(scale, root) for scale in (MAJOR_SCALE, MINOR_SCALE) 
 
 # The per-song features: name -> (label with its unit, short column heading).
 FEATURES = {
-    "notes_per_measure": ("notes per measure", "notes/m"), "empty_measures": ("empty measures", "empty"),
+    "notes_per_measure": ("notes per measure", "notes/m"),
+    "notes_per_measure_spread": ("spread of notes per measure (sd)", "spread"),
+    "empty_measures": ("empty measures", "empty"),
     "pitch_range": ("pitch range (semitones)", "range"),
     "pitch_class_entropy": ("pitch-class entropy (bits)", "entropy"),
     "polyphony": ("polyphony (onsets per onset step)", "poly"),
@@ -44,6 +56,7 @@ FEATURES = {
     "repeated_measures": ("repeated measure pairs (share)", "repeats"),
     "scale_consistency": ("in the best major/minor scale (share)", "scale"),
     "groove_consistency": ("groove consistency (1 - onset change)", "groove"),
+    "top_line_leaps": ("top-line moves beyond a fifth (share)", "leaps"),
 }
 
 
@@ -68,50 +81,126 @@ def _jaccard(shared, sizes, other_sizes):
     return np.divide(shared, union, out=np.ones_like(shared, np.float64), where=union > 0)
 
 
-def nearest_copies(songs, references):
-    """For every song, the Jaccard index of the reference song it shares most with, and
-    that one's position among the references.
+def transposed_measures(measures, semitones):
+    """Measures moved by ``semitones`` pitch rows, as a sparse matrix.
+
+    Parameters
+    ----------
+    measures : np.ndarray
+        (k, 9216) onsets.
+    semitones : int
+        Up (positive) or down.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (k, 9216) float32 0/1. A measure that the move would take out of the pitch window is
+        left empty: it has no such transposition.
+    """
+    rows, cells = np.nonzero(measures)
+    moved = cells + semitones * STEPS_PER_MEASURE
+    outside = rows[(moved < 0) | (moved >= PITCHES * STEPS_PER_MEASURE)]
+    kept = ~np.isin(rows, outside)
+    values = np.ones(np.count_nonzero(kept), np.float32)
+    return sparse.csr_matrix((values, (rows[kept], moved[kept])), shape=np.shape(measures))
+
+
+def replayed_measures(songs, training, block=8192):
+    """How closely each measure of ``songs`` replays a measure of the training files, at
+    any place in them and at any transposition of up to TRANSPOSITIONS semitones.
 
     Parameters
     ----------
     songs : array_like
-        (n, ...) onsets; each song is taken as one flat set of cells.
-    references : iterable of array_like
-        Chunks of (m_i, ...) reference songs (a training set, read a chunk at a time).
+        (n, measures, 9216) onsets.
+    training : iterable of (np.ndarray, np.ndarray)
+        Chunks of training measures: (k, 9216) onsets, and each one's place, (k,) int64:
+        its file's number * 2**32 + its number in that file, so that the measures of a file
+        in a row have places in a row.
+    block : int
+        Transposed measures compared with a chunk at a time (memory: their shared cells).
 
     Returns
     -------
-    jaccard : np.ndarray
-        (n,) float64; 0 where there is no reference.
-    nearest : np.ndarray
-        (n,) int64 positions in the references taken in order; -1 where there is none.
+    best : np.ndarray
+        (n, measures) float64: each measure's Jaccard index with its most similar training
+        measure; NaN for a measure with fewer than COPY_MIN_ONSETS onsets, which is not judged.
+    copies : np.ndarray
+        (c, 4) int64 rows (song, measure, semitones, place): every training measure that a
+        judged measure replays (Jaccard >= COPY_JACCARD), and how far the replay moved it
+        (up where positive).
     """
-    songs = np.asarray(songs).reshape(len(songs), -1) != 0
-    best, nearest = np.zeros(len(songs)), np.full(len(songs), -1, np.int64)
-    # Only the cells where some song has a note can be shared: a few thousand of 147,456.
-    cells = np.flatnonzero(songs.any(axis=0))
-    ours, sizes = songs[:, cells].astype(np.float32), songs.sum(axis=1).astype(np.float32)
-    seen = 0
-    for chunk in references:
-        chunk = np.asarray(chunk).reshape(len(chunk), -1) != 0
-        shared = ours @ chunk[:, cells].astype(np.float32).T
-        jaccard = _jaccard(shared, sizes, chunk.sum(axis=1).astype(np.float32))
-        better = jaccard.max(axis=1, initial=0) > best
-        best[better] = jaccard.max(axis=1, initial=0)[better]
-        nearest[better] = seen + jaccard.argmax(axis=1)[better]
-        seen += len(chunk)
-    return best, nearest
+    songs = np.asarray(songs)
+    count, measures = songs.shape[:2]
+    flat = songs.reshape(count * measures, -1) != 0
+    judged = np.flatnonzero(flat.sum(axis=1) >= COPY_MIN_ONSETS)
+    shifts = np.arange(-TRANSPOSITIONS, TRANSPOSITIONS + 1)
+    # Row r: measure judged[r % len(judged)] moved by shifts[r // len(judged)].
+    queries = sparse.vstack([transposed_measures(flat[judged], shift) for shift in shifts], format="csr")
+    query_sizes = np.diff(queries.indptr).astype(np.float32)
+    best = np.zeros(queries.shape[0])
+    copies = []
+    for chunk, places in training:
+        chunk = sparse.csr_matrix(np.asarray(chunk).reshape(len(chunk), -1) != 0, dtype=np.float32)
+        sizes = np.diff(chunk.indptr).astype(np.float32)
+        for start in range(0, queries.shape[0], block):
+            shared = queries[start : start + block] @ chunk.T  # csr: the pairs with a cell in common
+            counts = np.diff(shared.indptr)
+            rows = np.repeat(np.arange(len(counts)), counts)
+            jaccard = shared.data / (query_sizes[start + rows] + sizes[shared.indices] - shared.data)
+            filled = np.flatnonzero(counts)
+            if len(filled):
+                strongest = np.maximum.reduceat(jaccard, shared.indptr[filled])
+                best[start + filled] = np.maximum(best[start + filled], strongest)
+            hits = np.flatnonzero(jaccard >= COPY_JACCARD)
+            row = start + rows[hits]
+            measure = judged[row % len(judged)]
+            found = (measure // measures, measure % measures, -shifts[row // len(judged)], places[shared.indices[hits]])
+            copies.append(np.stack(found, axis=1))
+    result = np.full(count * measures, np.nan)
+    if len(judged):
+        result[judged] = best.reshape(len(shifts), len(judged)).max(axis=0)
+    copies = np.concatenate(copies).astype(np.int64) if copies else np.zeros((0, 4), np.int64)
+    return result.reshape(count, measures), copies
 
 
-def copy_summary(jaccard):
-    """Mean and highest Jaccard index of songs with their nearest training sample, and the
-    number of songs at COPY_JACCARD or more (near copies); None for no song."""
-    jaccard = np.asarray(jaccard, np.float64)
-    if not len(jaccard):
+def phrase_copies(copies, length=PHRASE_MEASURES):
+    """The songs that hold a phrase copy: ``length`` measures in a row that replay as many
+    measures in a row of one training file, all at one transposition.
+
+    Parameters
+    ----------
+    copies : np.ndarray
+        (c, 4) rows (song, measure, semitones, place), as replayed_measures gives them.
+
+    Returns
+    -------
+    list of int
+        The songs' numbers, ascending.
+    """
+    found = set(map(tuple, np.asarray(copies).tolist()))
+    return sorted(
+        {
+            song
+            for song, measure, semitones, place in found
+            if all((song, measure + step, semitones, place + step) in found for step in range(1, length))
+        }
+    )
+
+
+def replay_summary(best, copies):
+    """What replayed_measures found for a set of songs: the songs and the measures judged,
+    the share of those that replay a training measure, the mean Jaccard index of their most
+    similar ones, and the songs with a phrase copy; None for no song."""
+    best = np.asarray(best, np.float64)
+    if not len(best):
         return None
+    judged = best[np.isfinite(best)]
     return {
-        "mean": float(jaccard.mean()), "max": float(jaccard.max()),
-        "copies": int(np.count_nonzero(jaccard >= COPY_JACCARD)), "songs": len(jaccard),
+        "songs": len(best), "measures": len(judged),
+        "copied_share": float(np.mean(judged >= COPY_JACCARD)) if len(judged) else 0.0,
+        "mean": float(judged.mean()) if len(judged) else None,
+        "phrase_copies": len(phrase_copies(copies)),
     }
 
 
@@ -129,9 +218,13 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
     -------
     dict
         Pitch range, pitch-class entropy, polyphony, the 16th-grid share, scale and groove
-        consistency are NaN for a silent song, which has none. Repeated measure pairs are the share of the song's
-        pairs of measures whose onsets have a Jaccard index of at least REPEAT_JACCARD
-        (two silent measures repeat each other).
+        consistency are NaN for a silent song, which has none, and the top line's leaps for
+        a song of fewer than two onset steps. The spread of notes per measure is the standard
+        deviation of its measures' note counts: 0 where every measure has as many notes, as
+        no real phrase does. Repeated measure pairs are the share of the song's pairs of
+        measures whose onsets have a Jaccard index of at least REPEAT_JACCARD (two silent
+        measures repeat each other). The top line is the highest onset of every onset step;
+        its leaps are the share of its moves larger than LEAP_SEMITONES.
     """
     cells = onset_cells(song)
     measures = len(cells)
@@ -139,10 +232,12 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
     pairs = jaccard_matrix(cells.reshape(measures, -1))[np.triu_indices(measures, k=1)]
     features = {
         "notes_per_measure": len(rows) / measures,
+        "notes_per_measure_spread": float(np.std(np.bincount(measure_index, minlength=measures))),
         "empty_measures": float(measures - np.count_nonzero(cells.any(axis=(1, 2)))),
         "repeated_measures": float(np.mean(pairs >= REPEAT_JACCARD)) if len(pairs) else float("nan"),
         "pitch_range": float("nan"), "pitch_class_entropy": float("nan"), "polyphony": float("nan"),
         "sixteenth_grid": float("nan"), "scale_consistency": float("nan"), "groove_consistency": float("nan"),
+        "top_line_leaps": float("nan"),
     }
     if len(rows):
         class_shares = np.bincount((rows + lowest_pitch) % 12, minlength=12) / len(rows)
@@ -150,6 +245,9 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
         onset_steps = np.unique(measure_index * STEPS_PER_MEASURE + steps)
         positions = cells.any(axis=1)  # (measures, steps): where each measure has an onset
         changes = np.count_nonzero(positions[1:] != positions[:-1]) / (STEPS_PER_MEASURE * (measures - 1))
+        top_line = np.full(measures * STEPS_PER_MEASURE, -1)
+        np.maximum.at(top_line, measure_index * STEPS_PER_MEASURE + steps, rows)
+        moves = np.abs(np.diff(top_line[top_line >= 0]))
         features.update(
             pitch_range=float(rows.max() - rows.min()),
             pitch_class_entropy=float(-(classes * np.log2(classes)).sum() + 0.0),  # + 0.0: no -0.0
@@ -157,6 +255,7 @@ def song_features(song, lowest_pitch=LOWEST_PITCH):
             sixteenth_grid=float(np.mean(steps % SIXTEENTH_STEPS == 0)),
             scale_consistency=float(np.max(SCALES @ class_shares)),
             groove_consistency=1 - changes if measures > 1 else float("nan"),
+            top_line_leaps=float(np.mean(moves > LEAP_SEMITONES)) if len(moves) else float("nan"),
         )
     return features
 
@@ -207,13 +306,16 @@ def overlapping_area(generated, real, points=2001):
     return float(min(np.minimum(*densities).sum(), 1.0))
 
 
-def onset_scores(true, predicted):
+def onset_scores(true, predicted, tolerance=0):
     """Precision, recall and F1 of predicted onsets, over all cells of all songs.
 
     Parameters
     ----------
     true, predicted : array_like
-        Onsets of the same shape; non-zero is a note.
+        Onsets of songs, (measures, 9216) or (songs, measures, 9216); non-zero is a note.
+    tolerance : int
+        Steps a predicted onset may lie before or after a true one of its pitch (across bar
+        lines too) and still be correct; each true onset makes one predicted one correct.
 
     Returns
     -------
@@ -222,7 +324,34 @@ def onset_scores(true, predicted):
         note) and the counts ``true_notes``, ``predicted_notes``, ``correct_notes``.
     """
     true, predicted = np.asarray(true) != 0, np.asarray(predicted) != 0
-    return scores_of_counts(np.count_nonzero(true & predicted), np.count_nonzero(true), np.count_nonzero(predicted))
+    return scores_of_counts(
+        matched_onsets(true, predicted, tolerance), np.count_nonzero(true), np.count_nonzero(predicted)
+    )
+
+
+def matched_onsets(true, predicted, tolerance=0):
+    """The most pairs of a true and a predicted onset, each in one pair at most, of the same
+    pitch and at most ``tolerance`` steps apart. Songs as in onset_scores.
+
+    Along one pitch's time line, taking the predicted onsets in order and pairing each with
+    the earliest true one still free within reach finds the most pairs.
+    """
+    true, predicted = np.asarray(true) != 0, np.asarray(predicted) != 0
+    if not tolerance:
+        return int(np.count_nonzero(true & predicted))
+    matched = 0
+    for true_song, predicted_song in zip(true.reshape(-1, *true.shape[-2:]), predicted.reshape(-1, *true.shape[-2:])):
+        true_roll, predicted_roll = piano_roll(true_song) != 0, piano_roll(predicted_song) != 0
+        for pitch in np.flatnonzero(true_roll.any(axis=1) & predicted_roll.any(axis=1)):
+            true_steps, predicted_steps = np.flatnonzero(true_roll[pitch]), np.flatnonzero(predicted_roll[pitch])
+            free = 0
+            for step in predicted_steps:
+                while free < len(true_steps) and true_steps[free] < step - tolerance:
+                    free += 1
+                if free < len(true_steps) and true_steps[free] <= step + tolerance:
+                    matched += 1
+                    free += 1
+    return matched
 
 
 def scores_of_counts(correct, true_notes, predicted_notes):
@@ -269,8 +398,7 @@ def compare(generated, real, lowest_pitch=LOWEST_PITCH):
     -------
     dict
         ``songs`` (name -> features), ``silent_songs``, ``diversity`` of the generated
-        songs and ``data_diversity`` (the same, over the first DIVERSITY_SONGS real ones), ``in_range`` (songs
-        whose note count lies within the data's 10-90% range, and that range),
+        songs and ``data_diversity`` (the same, over the first DIVERSITY_SONGS real ones),
         ``features`` (feature -> generated and real mean and standard deviation, and
         ``overlap``), ``mean_overlap``, and ``data_features`` (feature -> the value of
         every real song, for pictures).
@@ -286,18 +414,11 @@ def compare(generated, real, lowest_pitch=LOWEST_PITCH):
             "data_sd": _finite_sd(theirs), "overlap": overlapping_area(ours, theirs),
         }
     overlaps = [values["overlap"] for values in features.values() if values["overlap"] is not None]
-    measures = len(next(iter(generated.values()))) if generated else MEASURES_PER_SAMPLE
-    low, high = np.percentile([values["notes_per_measure"] * measures for values in data], [10, 90]) if data else (0, 0)
-    note_counts = [values["notes_per_measure"] * measures for values in songs.values()]
     return {
         "songs": songs,
         "silent_songs": [name for name, values in songs.items() if values["notes_per_measure"] == 0],
         "diversity": diversity(list(generated.values())),
         "data_diversity": diversity(real),
-        "in_range": {
-            "songs": int(sum(low <= count <= high for count in note_counts)), "of": len(note_counts),
-            "data_notes_10_90": [float(low), float(high)],
-        },
         "features": features,
         "mean_overlap": float(np.mean(overlaps)) if overlaps else None,
         "data_features": {feature: [values[feature] for values in data] for feature in FEATURES},

@@ -3,6 +3,7 @@ its info file, its models, and the way back to its last recorded epoch after a s
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -206,8 +207,7 @@ def info_text(state):
         "",
         "Data",
         f"  folder                   {data['folder']}",
-        f"  samples                  {data['samples']}: {data['training']} for training, "
-        f"{data['validation']} for validation",
+        f"  samples                  {data['samples']}: {split_text(data)}",
         f"  malformed, skipped       {len(data['malformed'])}",
         *[f"    {name}: {problem}" for name, problem in data["malformed"][:20]],
         f"  notes per sample         {data['mean_notes']:.1f} on average (the default note count of a song)",
@@ -268,9 +268,34 @@ def loss_columns(history):
     return list(dict.fromkeys(key for row in history for key in row if key != "epoch"))
 
 
+def split_text(data):
+    """A run's data splits in words (its state's ``data``): "2177: 1744 for training, 217 for
+    validation, 216 for test"."""
+    test = f", {data['test']} for test" if data.get("test") else ""  # none before the test split existed
+    return f"{data['training']} for training, {data['validation']} for validation{test}"
+
+
+# The modules that only judge, show or play a run's songs: they do not change what it learns.
+NOT_TRAINING_CODE = (
+    "audio.py", "evaluation.py", "explore.py", "explore_server.py", "music_metrics.py", "run_page.py", "run_songs.py",
+)
+
+
+def code_version():
+    """A hash of the sources of music_vae/ that decide what a run learns (all but
+    NOT_TRAINING_CODE): two runs whose parameters and code_version agree were trained alike,
+    and the bench takes one for the other."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in NOT_TRAINING_CODE:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def environment():
     """Versions and devices, for the info file."""
     versions = {
+        "music_vae": code_version(),
         "python": platform.python_version(),
         "keras": f"{keras.__version__} (backend {keras.backend.backend()})",
     }

@@ -13,7 +13,7 @@ import jinja2
 
 from music_vae.evaluation import feature_rows, summary_rows
 from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
-from music_vae.run_folder import devices_text, loss_columns, now
+from music_vae.run_folder import devices_text, loss_columns, now, split_text
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
@@ -50,9 +50,7 @@ def run_page(run, state, evaluation=None):
         rows.append(("parameters of the model", f"{state['model']['parameters']:,}"))
     if "data" in state:
         data = state["data"]
-        rows.append(
-            ("samples", f"{data['samples']}: {data['training']} for training, {data['validation']} for validation")
-        )
+        rows.append(("samples", f"{data['samples']}: {split_text(data)}"))
     if "devices" in state:
         rows.append(("trained on", devices_text(state["devices"])))
     evaluation_rows = None
@@ -88,14 +86,16 @@ def loss_curve_image(history):
 
 def song_groups(generated):
     """The songs in a run's ``generated/`` folder as [(heading, [names])]: the final
-    songs, those of ``generate``, ``interpolate`` and ``variations``, then each epoch's,
-    newest first."""
+    songs, those of ``generate``, ``reconstruct``, ``interpolate`` and ``variations``, then
+    each epoch's, newest first."""
     names = sorted(path.stem for path in (Path(generated) / "img").glob("*.png"))
     groups = {}
     for name in names:
-        groups.setdefault(name.split("_song")[0], []).append(name)
+        rebuilt = re.fullmatch(r"(.+)_(original|reconstruction)", name)
+        groups.setdefault("reconstruction" if rebuilt else name.split("_song")[0], []).append(name)
     headings = {
         "final": "Final songs", "sample": "Songs from generate",
+        "reconstruction": "Songs of MIDI files, each as given and as the model rebuilds it",
         "interpolation": "Interpolation, from the first song's reconstruction to the second's",
         "variation": "Variations of a song",
     }

@@ -47,6 +47,7 @@ DEFAULTS = {
     "batch_size": 64,
     "lr": 0.001,
     "validation_split": 0.1,
+    "test_split": 0.1,  # songs held out for the figures a run reports, which nothing is tuned on
     "seed": SEED,
     "cache": False,
     "transpose": 0,  # semitones a training song may be moved up or down, drawn anew every epoch
@@ -86,7 +87,7 @@ CHANGEABLE_ON_RESUME = (
 WITHOUT_OPTION = {
     "preset": None, "transpose": 0, "random_start": False, "sample_from": "prior", "temperature": 1.0,
     "note_rule": "per-song", "max_pitches_per_step": 0, "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0,
-    "dropout": 0.0, "latent_batch_norm": 0.0, "distribute": "none",
+    "dropout": 0.0, "latent_batch_norm": 0.0, "distribute": "none", "test_split": 0.0,
 }
 # How a run's songs are drawn and written: generate may change each of them.
 SONG_OPTIONS = ("sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm")
@@ -120,7 +121,9 @@ def train(args):
         check_batches(args.batch_size, devices.count)
         processes.wait_for_all("recovered")  # the others load the model that the first has put back
         synthesizer = song_synthesizer(args) if processes.writes else None
-        data = read_data(args.data, args.validation_split, args.seed, data_settings(state) if state else None)
+        data = read_data(
+            args.data, args.validation_split, args.seed, data_settings(state) if state else None, args.test_split
+        )
         if len(data.training) < devices.count:
             raise UsageError(f"{len(data.training)} training samples cannot be spread over {devices.count} devices")
         jit = default_jit() if args.jit is None else args.jit
@@ -175,7 +178,8 @@ def train(args):
         else:
             epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
         print(
-            f"Run {run.path}: {len(data.training)} training and {len(data.validation)} validation samples, "
+            f"Run {run.path}: {len(data.training)} training, {len(data.validation)} validation and "
+            f"{len(data.test)} test samples, "
             f"{state['model']['parameters']:,} parameters, {epochs}; "
             f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
         )
@@ -378,8 +382,9 @@ def final_songs(run, state, vae, args, data, style, tensorboard):
     if written:
         song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
         results = evaluate_songs(
-            vae.encoder, vae.decoder, song_paths, data_paths=data.training + data.validation, held_out=data.validation,
-            training=data.training, rule=style.rule, settings=data.settings, seed=args.seed,
+            vae.encoder, vae.decoder, song_paths, data_paths=data.training + data.validation + data.test,
+            held_out=data.test or data.validation, training=data.training, rule=style.rule, settings=data.settings,
+            seed=args.seed, data_folder=data.folder,
         )
         results["compared"]["data_folder"] = data.folder
         state["evaluation"], image = write_evaluation(run.path, results)

@@ -168,6 +168,24 @@ def test_features_of_a_song_built_by_hand():
     assert features["scale_consistency"] == 1  # C and G: in C major (and 11 more scales)
     # The onset positions {0, 3} change only from measure 8 to 9: 2 of 96 positions, once in 15 pairs.
     assert features["groove_consistency"] == pytest.approx(1 - 2 / (96 * 15))
+    # Measures of 4 notes and of none, as many of each: a standard deviation of 2.
+    assert features["notes_per_measure_spread"] == 2
+    # The top line is G throughout: 15 moves, none a leap.
+    assert features["top_line_leaps"] == 0
+
+
+def test_the_top_line_is_the_highest_onset_of_each_step_and_its_leaps_are_beyond_a_fifth():
+    song = np.zeros((16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+    tops = [60, 67, 75, 76, 64]  # moves of 7, 8, 1 and 12 semitones: two leaps in four
+    for beat, top in enumerate(tops):
+        song[0, top - LOWEST_PITCH, beat * 12] = 1
+        song[0, 40 - LOWEST_PITCH, beat * 12] = 1  # a bass note under each: not the top line
+    song[3, 30 - LOWEST_PITCH, 0] = 1  # a later note, lower than all: a move of 34
+    features = mm.song_features(song.reshape(16, -1))
+    assert features["top_line_leaps"] == pytest.approx(3 / 5)
+    counts = np.array([10, 0, 0, 1] + [0] * 12)
+    assert features["notes_per_measure_spread"] == pytest.approx(counts.std())
+    assert math.isnan(mm.song_features(np.zeros((16, MEASURE_SIZE)))["top_line_leaps"])
 
 
 def test_scale_consistency_is_the_share_in_the_best_major_or_minor_scale():
@@ -181,20 +199,74 @@ def test_scale_consistency_is_the_share_in_the_best_major_or_minor_scale():
     assert math.isnan(silent["scale_consistency"]) and math.isnan(silent["groove_consistency"])
 
 
-def test_the_nearest_training_song_is_found_across_chunks():
-    rng = np.random.default_rng(5)
-    training = (rng.random((9, 16, MEASURE_SIZE)) < 0.002).astype(np.uint8)
-    copy = training[7].copy()
-    half = training[2].copy()
-    half[half.nonzero()[0][1::2], half.nonzero()[1][1::2]] = 0  # half of its notes: Jaccard 0.5 or just over
-    unlike = np.roll(melody(), 1, axis=1)
-    jaccard, nearest = mm.nearest_copies(np.stack([copy, half, unlike]), [training[:4], training[4:8], training[8:]])
-    assert jaccard[0] == 1 and nearest[0] == 7
-    assert nearest[1] == 2 and jaccard[1] == pytest.approx(np.count_nonzero(half) / np.count_nonzero(training[2]))
-    assert jaccard[2] == 0
-    summary = mm.copy_summary(jaccard)
-    assert summary["copies"] == 2 and summary["max"] == 1 and summary["songs"] == 3
-    assert mm.nearest_copies(np.stack([copy]), [])[1][0] == -1 and mm.copy_summary([]) is None
+def training_measures(count=9, seed=5):
+    """``count`` random training samples, as chunks of (measures, places) with each sample its
+    own file (file number ``n`` for sample ``n``), and the samples."""
+    rng = np.random.default_rng(seed)
+    samples = np.zeros((count, 16, PITCHES, STEPS_PER_MEASURE), np.uint8)
+    cells = rng.integers(0, [count, 16, 60, STEPS_PER_MEASURE], size=(count * 16 * 12, 4))
+    samples[cells[:, 0], cells[:, 1], cells[:, 2] + 20, cells[:, 3]] = 1  # pitch rows 20-79: room to move
+    samples = samples.reshape(count, 16, MEASURE_SIZE)
+    places = (np.arange(count)[:, None] << 32) + np.arange(16)
+    chunks = [(samples[start : start + 4].reshape(-1, MEASURE_SIZE), places[start : start + 4].ravel())
+              for start in range(0, count, 4)]
+    return chunks, samples
+
+
+def transposed(measures, semitones):
+    return np.roll(measures.reshape(-1, PITCHES, STEPS_PER_MEASURE), semitones, axis=1).reshape(measures.shape)
+
+
+def test_a_training_phrase_moved_up_3_semitones_and_5_measures_on_is_found_as_a_phrase_copy():
+    chunks, samples = training_measures()
+    rng = np.random.default_rng(9)
+    copy = (rng.random((16, MEASURE_SIZE)) < 0.002).astype(np.uint8)  # unlike any training measure
+    copy[5:9] = transposed(samples[6, 2:6], 3)  # measures 3-6 of file 6, from measure 6 on, 3 semitones up
+    shuffled = copy.copy()
+    shuffled[5:9] = copy[[6, 5, 8, 7]]  # the same measures, out of order: copies, but no phrase
+    sparse_song = np.zeros((16, MEASURE_SIZE), np.uint8)
+    sparse_song[:, 60 * STEPS_PER_MEASURE] = 1  # one note a measure: too plain to judge
+    best, copies = mm.replayed_measures(np.stack([copy, shuffled, sparse_song]), chunks)
+    assert best.shape == (3, 16)
+    assert (best[0, 5:9] == 1).all() and (best[0, [0, 1, 2, 3, 4, 9]] < 0.5).all()
+    assert np.isnan(best[2]).all()
+    found = {tuple(row) for row in copies.tolist() if row[0] == 0}
+    assert found == {(0, measure, 3, (6 << 32) + measure - 3) for measure in range(5, 9)}
+    assert mm.phrase_copies(copies) == [0]
+    summary = mm.replay_summary(best[:2], copies[copies[:, 0] < 2])
+    assert summary["measures"] == 32 and summary["copied_share"] == 8 / 32 and summary["phrase_copies"] == 1
+    # Down 6 is found too; a move that takes a note out of the pitch window is not a transposition.
+    assert mm.replayed_measures(transposed(samples[1], -6)[None], chunks)[0][0].min() == 1
+    high = samples[2].reshape(16, PITCHES, STEPS_PER_MEASURE).copy()
+    high[:, 95, 0] = 1  # the top row: nothing can move up
+    best, copies = mm.replayed_measures(transposed(high.reshape(16, -1), -2)[None], chunks)
+    assert set(copies[:, 2].tolist()) == {-2}  # found, though it cannot move back up 2
+
+
+def test_a_replay_of_three_measures_or_of_two_files_is_no_phrase_copy():
+    chunks, samples = training_measures()
+    song = np.zeros((16, MEASURE_SIZE), np.uint8)
+    song[0:3] = samples[4, 8:11]
+    song[8:10], song[10:12] = samples[1, 0:2], samples[2, 2:4]  # 2 measures of one file, then 2 of another
+    best, copies = mm.replayed_measures(song[None], chunks)
+    assert np.count_nonzero(best[0] == 1) == 7 and mm.phrase_copies(copies) == []
+    assert mm.phrase_copies(copies, length=3) == [0]
+
+
+def test_onsets_a_step_off_count_within_a_step_of_tolerance_once_each_across_bar_lines():
+    true, predicted = np.zeros((2, 16, PITCHES, STEPS_PER_MEASURE), np.uint8)  # one song each
+    true[0, 10, [1, 2]] = 1
+    predicted[0, 10, [2, 3]] = 1  # exactly: 1 of 2; a step off: both, each with its own
+    true[0, 20, 95], predicted[1, 20, 0] = 1, 1  # the last step of measure 1, the first of measure 2
+    predicted[0, 30, 50] = 1  # wrong, however near
+    true, predicted = true.reshape(16, MEASURE_SIZE), predicted.reshape(16, MEASURE_SIZE)
+    exact, near = mm.onset_scores(true, predicted), mm.onset_scores(true, predicted, tolerance=1)
+    assert (exact["correct_notes"], near["correct_notes"]) == (1, 3)
+    assert near["precision"] == 3 / 4 and near["recall"] == 1 and exact["recall"] == 1 / 3
+    doubled = predicted.copy()
+    doubled.reshape(16, PITCHES, STEPS_PER_MEASURE)[0, 10, 0] = 1  # a second guess near one true onset
+    assert mm.matched_onsets(true, doubled, tolerance=1) == 3  # each true onset counts once
+    assert mm.matched_onsets(np.stack([true, true]), np.stack([predicted, doubled]), tolerance=1) == 6
 
 
 def test_identical_songs_have_diversity_0_and_one_measure_throughout_repeats_fully():
@@ -236,7 +308,6 @@ def test_a_silent_song_is_reported_and_left_out_of_the_features_it_has_none_of()
     assert silent["notes_per_measure"] == 0 and silent["empty_measures"] == 16
     assert math.isnan(silent["pitch_range"]) and math.isnan(silent["polyphony"])
     assert results["features"]["pitch_range"]["generated_mean"] == results["songs"]["loud"]["pitch_range"]
-    assert results["in_range"]["of"] == 2 and results["in_range"]["songs"] <= 1
     assert "silent songs" in evaluation_table(_finished(results)) and "silent" in evaluation_table(_finished(results))
     saved = finite({key: value for key, value in _finished(results).items() if key != "data_features"})
     assert json.loads(json.dumps(saved, allow_nan=False))["songs"]["silent"]["pitch_range"] is None  # JSON has no NaN
@@ -409,7 +480,8 @@ def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_secon
     assert [value for _, value in train_events["epoch_learning_rate"]] == pytest.approx([0.001, 0.001])
     assert all(value > 0 for _, value in train_events["epoch_samples_per_s"])
     evaluation = tensorboard_events(run / "logs" / "evaluation")
-    for tag in ("mean_overlap", "diversity", "active_units", "kl_per_song", "reconstruction_f1", "near_copy_share"):
+    tags = ("mean_overlap", "diversity", "kl_per_song", "reconstruction_f1", "training_reconstruction_f1")
+    for tag in (*tags, "copied_measure_share", "phrase_copy_songs"):
         assert [step for step, _ in evaluation[f"evaluation/{tag}"]] == [2]
 
 
@@ -424,11 +496,13 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
         latent["kl_per_song"] == pytest.approx(sum(latent["kl_per_dimension"]), abs=1e-3) and latent["kl_per_song"] > 0
     )
     scores = results["reconstruction"]
-    assert scores["samples"] == 1 and scores["true_notes"] == np.count_nonzero(np.load(_validation_sample(run)))
+    assert scores["samples"] == 1 and scores["true_notes"] == np.count_nonzero(np.load(run_data(run).test[0]))
     assert scores["predicted_notes"] == round(json.loads((run / "state.json").read_text())["data"]["mean_notes"])
+    assert 0 <= scores["f1"] <= scores["within_1_step"]["f1"] <= 1
+    assert results["training_reconstruction"]["samples"] == 1  # as many as the held-out ones
     info = next(run.glob("*_info.txt")).read_text()
     assert "Evaluation (the latest" in info and "mean overlap with the data" in info and "KL per song" in info
-    assert "near copies of a training sample" in info
+    assert "measures replaying a training measure" in info and "1 for test" in info
     originality = results["originality"]
     assert sorted(originality["songs"]) == sorted(results["songs"])
     assert originality["training_samples"] == json.loads((run / "state.json").read_text())["data"]["training"]
@@ -436,11 +510,13 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
     assert (run / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _validation_sample(run):
-    state = json.loads((run / "state.json").read_text())
+def run_data(run):
+    """The run's data, split as in training."""
+    parameters = json.loads((run / "state.json").read_text())["parameters"]
     return read_data(
-        state["data"]["folder"], state["parameters"]["validation_split"], state["parameters"]["seed"]
-    ).validation[0]
+        json.loads((run / "state.json").read_text())["data"]["folder"], parameters["validation_split"],
+        parameters["seed"], test_split=parameters["test_split"],
+    )
 
 
 def own_copy(run, tmp_path):
@@ -460,19 +536,19 @@ def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
     assert "Evaluation" in (run / "index.html").read_text()
 
 
-def test_a_song_that_replays_a_training_sample_is_judged_a_copy_of_it(run, tmp_path):
+def test_a_song_that_replays_a_training_phrase_in_another_key_and_place_is_judged_a_copy_of_it(run, tmp_path):
     run = own_copy(run, tmp_path)
-    state = json.loads((run / "state.json").read_text())
-    data = read_data(state["data"]["folder"], state["parameters"]["validation_split"], state["parameters"]["seed"])
-    replayed = data.training[1]
-    song_to_midi(np.load(replayed)).write(str(run / "generated" / "midi" / "replay_song01.mid"))
+    replayed = np.load(run_data(run).training[1]).reshape(16, PITCHES, STEPS_PER_MEASURE)
+    song = np.zeros_like(replayed)
+    song[5:] = np.roll(replayed, 3, axis=1)[:11]  # 3 semitones up, from measure 6 on
+    song_to_midi(song.reshape(16, -1)).write(str(run / "generated" / "midi" / "replay_song01.mid"))
     result = run_cli("evaluate", "--run", run, "--songs", "*_song01.mid")
     assert result.returncode == 0, result.stderr
     originality = json.loads((run / "evaluation.json").read_text())["originality"]
-    assert originality["songs"]["replay_song01"] == {"jaccard": 1.0, "nearest": replayed.name}
-    assert originality["generated"]["copies"] == 1  # and not the three songs of the model
-    assert "1 of 4" in result.stdout and f"{replayed.name} (1.00)" in result.stdout
-    assert "near copies" in (run / "index.html").read_text()
+    assert originality["songs"]["replay_song01"] == {"measures": 11, "copied": 11, "phrase_copy": True}
+    assert originality["generated"]["phrase_copies"] >= 1
+    assert "11 of 11, a phrase copy" in result.stdout
+    assert "songs with a phrase copy" in (run / "index.html").read_text()
 
 
 def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, tmp_path):

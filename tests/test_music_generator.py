@@ -183,8 +183,8 @@ def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     info = (run / f"{run.name}_info.txt").read_text()
     for expected in [
         "why this run: a test", "--lr                     0.001", "--batch-size             4",
-        "samples                  12: 11 for training, 1 for validation", "parameters               ", "python",
-        "keras", "tensorflow", "devices", "Session:", "Status:   finished, 2 of 2 epochs done",
+        "samples                  12: 10 for training, 1 for validation, 1 for test", "parameters               ",
+        "python", "keras", "tensorflow", "devices", "Session:", "Status:   finished, 2 of 2 epochs done",
     ]:
         assert expected in info, expected
     assert re.search(r"^\s+1\s+[\d.]+\s+[\d.]+", info, re.MULTILINE) and re.search(
@@ -296,8 +296,8 @@ def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path, ca
     assert mg.main(["train", "--resume", str(run), "--epochs", "4", "--data", str(other)]) == 2
     assert "holds samples of 16 measures from MIDI note 20, the run's are of 16 from 16" in capsys.readouterr().err
     assert [session["from_epoch"] for session in state["sessions"]] == [0, 1]
-    # 11 training samples: 3 batches of 4 in epoch 1, then 6 of 2 in epochs 2 and 3
-    assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 3 + 6 + 6
+    # 10 training samples: 3 batches of 4 in epoch 1, then 5 of 2 in epochs 2 and 3
+    assert keras.saving.load_model(run / "model" / "vae.keras").optimizer.iterations.numpy() == 3 + 5 + 5
     assert (run / "generated" / "npy" / "epoch003_song01.npy").is_file()
 
 
@@ -409,16 +409,22 @@ def test_a_load_that_trips_over_another_threads_parser_is_tried_again(tmp_path, 
     assert np.array_equal(songs[0][0], (load(paths[0]) != 0)) and not songs.unreadable
 
 
-def test_validation_keeps_the_samples_of_one_song_together(tmp_path):
-    data = make_samples(tmp_path / "samples", 12)
+def test_validation_and_test_splits_keep_the_samples_of_one_song_together(tmp_path):
+    data = make_samples(tmp_path / "samples", 24)
     paths = sorted(data.glob("*.npy"))
     with open(data / "index.csv", "w") as index:
         index.write("sample,source,first_measure,n_notes\n")
         for number, path in enumerate(paths):
             index.write(f"{path.name},song{number // 3}.mid,{16 * (number % 3)},1\n")
-    training, validation = split_samples(paths, 0.25, seed=0, data_dir=data)
-    assert len(validation) == 3 and len(training) == 9
+    training, validation, test = split_samples(paths, 0.125, seed=0, data_dir=data)
+    assert len(validation) == 3 and len(training) == 21 and test == []
     assert len({int(path.stem[4:]) // 3 for path in validation}) == 1  # the three samples of one song
+    held_out = split_samples(paths, 0.125, seed=0, data_dir=data, test_split=0.25)
+    assert held_out[1] == validation  # a test split leaves the validation split as it was
+    assert len(held_out[2]) == 6 and len(held_out[0]) == 15
+    songs = [{int(path.stem[4:]) // 3 for path in split} for split in held_out]
+    assert len(songs[2]) == 2 and not songs[0] & songs[2] and not songs[1] & songs[2]
+    assert sorted(path for split in held_out for path in split) == paths
 
 
 # --- mistakes --------------------------------------------------------------------------------
