@@ -5,6 +5,7 @@
     python music_generator.py generate --run RUN_DIR [--songs N] [--seed S]
     python music_generator.py evaluate --run RUN_DIR [--data SAMPLES_DIR] [--songs GLOB]
     python music_generator.py encode --run RUN_DIR SONG.mid [...] [--measure M]
+    python music_generator.py reconstruct --run RUN_DIR SONG.mid [...] [--measure M]
     python music_generator.py interpolate --run RUN_DIR --from A.mid --to B.mid [--steps 8]
     python music_generator.py variations --run RUN_DIR SONG.mid [--songs 8] [--spread S]
     python music_generator.py explore --run RUN_DIR [--port 8000] [--host 127.0.0.1]
@@ -25,7 +26,9 @@ import numpy as np
 try:
     from music_vae.dataset import find_samples, read_data
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
-    from music_vae.explore import encode_command, explore_command, interpolate_command, variations_command
+    from music_vae.explore import (
+        encode_command, explore_command, interpolate_command, reconstruct_command, variations_command,
+    )
     from music_vae.explore_server import SLIDERS
     from music_vae.files import (
         ArgumentParser, UsageError, int_between, non_negative_float, positive_float, probability, share,
@@ -63,16 +66,13 @@ def evaluate(args):
     held_out = find_samples(args.validation, settings.shape)[0] if args.validation else None
     training = None  # where the run's data folder is gone, the table says that no song was compared with them
     if data_paths is None or held_out is None or Path(folder).is_dir():  # the run's own data, split as in training
-        if args.data and not Path(folder).is_dir():
-            gone = f"the run's data folder {folder} is gone, and with it its validation split"
-            raise UsageError(f"{gone}: pass --validation SAMPLES_DIR")
-        own = read_data(folder, parameters["validation_split"], parameters["seed"], settings)
-        data_paths = own.training + own.validation if data_paths is None else data_paths
-        held_out = own.validation if held_out is None else held_out
+        own = songs.data(needed_for="pass --data SAMPLES_DIR and --validation SAMPLES_DIR (held-out samples)")
+        data_paths = own.training + own.validation + own.test if data_paths is None else data_paths
+        held_out = (own.test or own.validation) if held_out is None else held_out
         training = own.training
     results = evaluate_songs(
         songs.encoder, songs.decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training,
-        rule=songs.style.rule, settings=settings, samples=args.samples, seed=parameters["seed"],
+        rule=songs.style.rule, settings=settings, samples=args.samples, seed=parameters["seed"], data_folder=folder,
     )
     if not results["songs"]:
         raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
@@ -140,6 +140,11 @@ def parse_args(argv=None):
     )
     option(group, "--dropout", "share of hidden units dropped in training, after every hidden layer", type=share)
     option(
+        group, "--pitch-step-terms", "the measure encoder also reads each measure's notes per pitch and per step, "
+        "and the measure decoder adds a term per pitch and per step to every cell's logit",
+        action=argparse.BooleanOptionalAction,
+    )
+    option(
         group, "--latent-batch-norm",
         "batch-normalise the latent means to this spread (a BN-VAE: a floor on the KL); 0: none",
         type=non_negative_float, metavar="SCALE",
@@ -149,11 +154,19 @@ def parse_args(argv=None):
         "reconstruction loss summed over the song: squared error (the paper) or binary cross-entropy",
         choices=("mse", "bce"),
     )
+    option(
+        group, "--note-weight", "weight of the note cells in the reconstruction loss against the silent ones",
+        type=positive_float,
+    )
     group = train_parser.add_argument_group("training (paper, section 3.4)")
     option(group, "--epochs", "epochs to train", type=int_between(1))
     option(group, "--batch-size", "samples per step", type=int_between(1))
     option(group, "--lr", "Adam's learning rate", type=positive_float)
     option(group, "--validation-split", "share of the songs held out for validation", type=share)
+    option(
+        group, "--test-split", "share of the songs held out for testing: the evaluation's held-out songs",
+        type=share,
+    )
     option(group, "--seed", "seed of the weights, the data order and the songs' latent vectors", type=int_between(0))
     option(
         group, "--transpose", "move each training song by up to this many semitones up or down, anew every epoch",
@@ -232,7 +245,8 @@ def parse_args(argv=None):
     )
     add(
         "--validation", metavar="SAMPLES_DIR",
-        help="held-out samples to reconstruct (default: the run's validation split)",
+        help="held-out samples to reconstruct, and to judge originality against "
+        "(default: the run's test split, or its validation split where it has none)",
     )
     add(
         "--samples", type=int_between(1), default=EVALUATION_SAMPLES,
@@ -240,12 +254,14 @@ def parse_args(argv=None):
     )
     evaluate_parser.set_defaults(run_command=evaluate, audio=False, output_dir=None)
 
-    def latent_parser(name, help, description, output):
+    def latent_parser(name, help, description, output, measure=1):
         """A command that places MIDI files in a run's latent space, with its shared options."""
         latent = commands.add_parser(name, help=help, description=description)
         latent.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+        first = "the file's first sample, as data_loader.py cuts it" if measure is None else measure
         latent.add_argument(
-            "--measure", type=int_between(1), default=1, help="the songs start at this measure (default: %(default)s)"
+            "--measure", type=int_between(1), default=measure,
+            help=f"the songs start at this measure, a pickup bar counted (default: {first})",
         )
         latent.add_argument("--output-dir", help=f"where to write (default: {output})")
         return latent
@@ -257,6 +273,15 @@ def parse_args(argv=None):
     )
     encode_parser.add_argument("midi", nargs="+", metavar="SONG.mid", help="MIDI files")
     encode_parser.set_defaults(run_command=encode_command)
+    reconstruct_parser = latent_parser(
+        "reconstruct", "rebuild MIDI files with a run's model, and say how much of each it keeps",
+        "Encode 16 measures of each MIDI file with a run's encoder and decode its latent mean; write the measures "
+        "as NAME_original and the rebuild as NAME_reconstruction (npy, MIDI, PNG, WAV), and print the note "
+        "precision, recall and F1 of the rebuild, exact and within a step.", "RUN_DIR/generated", measure=None,
+    )
+    reconstruct_parser.add_argument("midi", nargs="+", metavar="SONG.mid", help="MIDI files")
+    add_song_options(reconstruct_parser)
+    reconstruct_parser.set_defaults(run_command=reconstruct_command, audio=True)
     interpolate_parser = latent_parser(
         "interpolate", "write songs along the path between two MIDI files",
         "Decode points along the great circle between the latent means of two MIDI files (as MusicVAE "

@@ -1,6 +1,7 @@
 """Moving through a run's latent space (the paper's outlook, its section 5.4): songs of
-MIDI files encoded to their place in it (the encode command), songs along the path between
-two of them (interpolate) and around one (variations), and the principal components of the
+MIDI files encoded to their place in it (the encode command) and decoded from there
+(reconstruct), songs along the path between two of them (interpolate) and around one
+(variations), and the principal components of the
 encoded training songs, the axes the explore page's sliders move along (as HackerPoet's
 Composer does).
 """
@@ -10,33 +11,57 @@ from pathlib import Path
 
 import numpy as np
 
+from music_vae.evaluation import reconstruct, reconstruction_text
 from music_vae.files import UsageError, atomic_write, npy_writer
 from music_vae.latent import encode
 from music_vae.model import keras
+from music_vae.music_metrics import onset_scores
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_songs import RunSongs, song_list
-from music_vae.samples import SkipFile, midi_to_song
+from music_vae.samples import SkipFile, midi_to_samples, midi_to_song, read_midi
+from music_vae.songs import NoteRule
 from music_vae.explore_server import Explorer, make_server
 
 
-def encode_midi(encoder, path, settings, first_measure=0):
-    """The latent mean of a MIDI file's song from measure ``first_measure`` (counted from
-    0): (latent,) float32, and the song, (measures, 9216) uint8.
+def read_song(path, settings, first_measure=None):
+    """A MIDI file's song: its ``settings.measures`` measures from ``first_measure`` (counted
+    from 0, a pickup bar included), or, where that is None, its first sample as
+    data_loader.py cuts it. (measures, 9216) uint8 onsets.
 
     Raises
     ------
     UsageError
-        The file is missing, not readable MIDI, or has no note in those measures.
+        The file is missing, not readable MIDI, gives no sample, or has no note in those
+        measures.
     """
     try:
-        song = midi_to_song(path, settings, first_measure)
+        midi = read_midi(path)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
     except (SkipFile, OSError) as error:
         raise UsageError(f"{path} is not a readable MIDI file: {error}") from None
+    if first_measure is None:
+        try:
+            return midi_to_samples(midi, settings).samples[0]
+        except SkipFile as error:
+            raise UsageError(f"{path} gives no sample: {error}; --measure M takes its measures from M") from None
+    song = midi_to_song(midi, settings, first_measure)
     if not song.any():
         last = first_measure + settings.measures
         raise UsageError(f"{path} has no notes in measures {first_measure + 1}-{last}; try another --measure")
+    return song
+
+
+def encode_midi(encoder, path, settings, first_measure=0):
+    """The latent mean of a MIDI file's song (see read_song): (latent,) float32, and the
+    song, (measures, 9216) uint8.
+
+    Raises
+    ------
+    UsageError
+        As read_song.
+    """
+    song = read_song(path, settings, first_measure)
     z_mean, _ = encode(encoder, [song])
     return z_mean[0], song
 
@@ -125,14 +150,42 @@ def encode_command(args):
     return 0
 
 
+def reconstruct_command(args):
+    """The reconstruct command: each MIDI file's song as the run's model rebuilds it (its
+    code decoded), saved as NAME_reconstruction beside NAME_original (the measures it was
+    given), with how much of the song the rebuild keeps."""
+    settings = data_settings(RunFolder.open(args.run).load_state())  # the files first: a mistake is said alone
+    first_measure = None if args.measure is None else args.measure - 1
+    originals = [read_song(path, settings, first_measure) for path in args.midi]
+    songs = RunSongs(args)
+    values, notes = reconstruct(songs.encoder, songs.decoder, originals, songs.style.rule)
+    names = [Path(path).stem for path in args.midi]
+    songs.save(np.stack(originals), [f"{name}_original" for name in names], NoteRule(threshold=0.5))
+    songs.save(values, [f"{name}_reconstruction" for name in names])
+    for path, original, rebuilt in zip(args.midi, originals, notes):
+        print(f"{path}: {rebuilt.sum()} notes rebuilt of its {original.sum()}: {agreement(original, rebuilt)}")
+    print(f"Wrote NAME_original and NAME_reconstruction in {songs.folder} for {', '.join(names)}")
+    return 0
+
+
+def agreement(song, notes):
+    """How far ``notes`` (a song's onsets) rebuild ``song``, in words: precision, recall and F1,
+    exact and within a step."""
+    exact, near = onset_scores(song, notes), onset_scores(song, notes, tolerance=1)
+    return reconstruction_text({**exact, "within_1_step": near})
+
+
 def interpolate_command(args):
     """The interpolate command: songs along the path between two MIDI files' latent means,
-    their reconstructions at the ends."""
+    their reconstructions at the ends, and how much of each file its end keeps."""
     songs = RunSongs(args)
-    start, _ = encode_midi(songs.encoder, args.start, songs.settings, args.measure - 1)
-    end, _ = encode_midi(songs.encoder, args.end, songs.settings, args.measure - 1)
+    start, first = encode_midi(songs.encoder, args.start, songs.settings, args.measure - 1)
+    end, last = encode_midi(songs.encoder, args.end, songs.settings, args.measure - 1)
     written = songs.write(slerp(start, end, np.linspace(0, 1, args.steps)), "interpolation")
     print(f"{len(written)} songs from {args.start} to {args.end} in {songs.folder}: {song_list(written)}")
+    _, ends = reconstruct(songs.encoder, songs.decoder, [first, last], songs.style.rule)
+    for written_song, path, song, notes in zip((written[0], written[-1]), (args.start, args.end), (first, last), ends):
+        print(f"  {written_song.name} against {path}: {agreement(song, notes)}")
     return 0
 
 

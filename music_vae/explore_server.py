@@ -19,6 +19,7 @@ import numpy as np
 from music_vae.audio import Synthesizer, wav_bytes
 from music_vae.files import UsageError
 from music_vae.latent import encode
+from music_vae.music_metrics import onset_scores
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_seconds, song_to_midi
 from music_vae.songs import NoteRule, decode
 
@@ -67,7 +68,10 @@ class Explorer:
     def song(self, positions, threshold=None):
         """The song at slider ``positions``: its notes (measures, 9216, 0/1 uint8) by the
         run's rule, or those at or above ``threshold``."""
-        latents = self.components.latents(np.asarray(positions, np.float32)[None])
+        return self.song_of(self.components.latents(np.asarray(positions, np.float32)[None]), threshold)
+
+    def song_of(self, latents, threshold=None):
+        """The notes of the song of ``latents`` (1, latent), as ``song`` picks them."""
         with self.lock:
             values = decode(self.decoder, latents)[0]
         rule = self.rule if threshold is None else NoteRule(threshold=threshold)
@@ -87,7 +91,9 @@ class Explorer:
         return np.clip(self.components.positions(latent)[0], -SLIDER_RANGE, SLIDER_RANGE)
 
     def positions_of_midi(self, data):
-        """Slider positions of the first measures of a MIDI file's bytes."""
+        """Slider positions of the first measures of a MIDI file's bytes, and how much of
+        those measures' notes the song there keeps: (positions, its F1, and the F1 of the
+        song of the file's whole code, which the sliders lose where it lies off their axes)."""
         try:
             song = midi_to_song(data, self.settings)
         except SkipFile as error:
@@ -96,7 +102,9 @@ class Explorer:
             raise BadRequest(f"the MIDI file has no notes in its first {self.settings.measures} measures")
         with self.lock:
             z_mean, _ = encode(self.encoder, [song])
-        return np.clip(self.components.positions(z_mean)[0], -SLIDER_RANGE, SLIDER_RANGE)
+        positions = np.clip(self.components.positions(z_mean)[0], -SLIDER_RANGE, SLIDER_RANGE)
+        kept = onset_scores(song, self.song(positions))["f1"]
+        return positions, kept, onset_scores(song, self.song_of(z_mean))["f1"]
 
     def midi(self, song, bpm):
         """``song`` as the bytes of a MIDI file at ``bpm``."""
@@ -212,7 +220,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return as_json({"positions": self.explorer.random_positions().tolist()})
 
     def encode(self):
-        return as_json({"positions": self.explorer.positions_of_midi(self.body(MAX_MIDI_BYTES)).tolist()})
+        positions, kept, whole = self.explorer.positions_of_midi(self.body(MAX_MIDI_BYTES))
+        return as_json({"positions": positions.tolist(), "kept_f1": kept, "code_f1": whole})
 
 
 def as_json(value):

@@ -1,6 +1,7 @@
 """A trained run's models and how it makes songs, for the commands that work on a finished
 run: generate, evaluate, interpolate, variations and explore."""
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from music_vae.latent import fit_density
 from music_vae.model import keras
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_page import write_run_page
-from music_vae.songs import SongStyle, song_source, write_songs
+from music_vae.songs import SongStyle, decode, save_songs, song_source
 from music_vae.training import SONG_OPTIONS, run_parameters
 
 
@@ -40,27 +41,37 @@ class RunSongs:
         """Loaded when first used: generate needs none where the run has its density."""
         return keras.saving.load_model(self.run.model / "encoder.keras")
 
-    def training_samples(self):
-        """The run's training split, read again from its data folder."""
-        folder = self.state["data"]["folder"]
+    def data(self, needed_for="its songs can be drawn from the prior only"):
+        """The run's data, read again from its folder and split as in training; where the
+        folder is gone, a UsageError says what that rules out (``needed_for``)."""
+        folder, parameters = self.state["data"]["folder"], self.parameters
         if not Path(folder).is_dir():
-            raise UsageError(f"the run's data folder {folder} is gone: its songs can be drawn from the prior only")
-        data = read_data(folder, self.parameters["validation_split"], self.parameters["seed"], self.settings)
-        return data.training
+            raise UsageError(f"the run's data folder {folder} is gone: {needed_for}")
+        return read_data(
+            folder, parameters["validation_split"], parameters["seed"], self.settings, parameters["test_split"]
+        )
 
     def fit_density(self):
         """The latent density of the run's training songs, fitted now (for a run trained
         before its songs were drawn from the data)."""
-        return fit_density(self.encoder, self.training_samples(), self.parameters["seed"])
+        return fit_density(self.encoder, self.data().training, self.parameters["seed"])
 
     def write(self, latents, prefix):
         """Decode ``latents`` into songs PREFIX_songNN in the output folder; refresh the run
         page where that is the run's own. Returns a list of WrittenSong."""
+        names = [f"{prefix}_song{number:02d}" for number in range(1, len(latents) + 1)]
+        return self.save(decode(self.decoder, latents), names)
+
+    def save(self, songs, names, rule=None):
+        """Save decoded ``songs`` (count, measures, 9216 values) as ``names`` in the output
+        folder, their notes picked by ``rule`` (default: the run's); refresh the run page
+        where that is the run's own. Returns a list of WrittenSong."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UsageError(f"cannot write to {self.folder}: {error.strerror or error}") from None
-        written = write_songs(self.decoder, latents, self.folder, prefix, self.style)
+        style = self.style if rule is None else dataclasses.replace(self.style, rule=rule)
+        written = save_songs(songs, self.folder, names, style)
         if self.folder.resolve() == self.run.generated.resolve():
             write_run_page(self.run, self.state)
         return written

@@ -185,10 +185,17 @@ def write_songs(decoder, latents, folder, prefix, style):
     its notes picked by ``style.rule``. Returns a list of WrittenSong."""
     if len(latents) == 0:  # --songs 0 or --songs-per-epoch 0
         return []
+    names = [f"{prefix}_song{number:02d}" for number in range(1, len(latents) + 1)]
+    return save_songs(decode(decoder, latents), folder, names, style)
+
+
+def save_songs(songs, folder, names, style):
+    """Save decoded ``songs`` (count, measures, 9216 values) as ``names`` in ``folder`` (see
+    save_song), their notes picked by ``style.rule``. Returns a list of WrittenSong."""
     written = []
-    for number, song in enumerate(decode(decoder, latents), start=1):
+    for song, name in zip(songs, names):
         kept, threshold = style.rule.apply(song)
-        written.append(save_song(song, folder, f"{prefix}_song{number:02d}", threshold, style, notes_of=kept))
+        written.append(save_song(song, folder, name, threshold, style, notes_of=kept))
     return written
 
 

@@ -19,7 +19,8 @@ from music_vae.explore_server import make_server
 from music_vae.run_songs import RunSongs
 from music_vae.latent import LatentDensity, encode
 from music_vae.model import keras
-from music_vae.samples import midi_to_song, song_to_midi
+from music_vae.music_metrics import onset_scores
+from music_vae.samples import midi_to_samples, midi_to_song, song_to_midi
 from music_vae.songs import decode
 from test_listen_and_evaluate import SCREENSHOTS, find_chromium
 from test_music_generator import make_samples, train
@@ -112,6 +113,42 @@ def test_interpolation_ends_at_the_reconstructions_of_its_two_songs(run_and_song
     assert shown == [f"interpolation_song{number:02d}" for number in range(1, 6)]
 
 
+def test_reconstruct_writes_each_files_song_and_its_rebuild_and_says_how_much_it_keeps(run_and_songs, tmp_path, capsys):
+    run, midi = run_and_songs
+    argv = ["reconstruct", "--run", str(run), *map(str, midi), "--output-dir", str(tmp_path), "--no-audio"]
+    assert mg.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    songs = RunSongs(argparse.Namespace(run=run, output_dir=None, audio=False))
+    for path, line in zip(midi, lines):
+        original = np.load(tmp_path / "npy" / f"{path.stem}_original.npy")
+        assert np.array_equal(original, midi_to_samples(path).samples[0])  # the first sample, as data_loader cuts it
+        assert np.array_equal(midi_to_song(tmp_path / "midi" / f"{path.stem}_original.mid"), original)
+        rebuilt = np.load(tmp_path / "npy" / f"{path.stem}_reconstruction.npy")
+        z_mean, _ = encode(songs.encoder, [original.astype(np.uint8)])
+        assert rebuilt == pytest.approx(decode(songs.decoder, z_mean)[0], abs=1e-6)
+        notes = midi_to_song(tmp_path / "midi" / f"{path.stem}_reconstruction.mid")  # what is heard
+        exact, near = onset_scores(original, notes), onset_scores(original, notes, tolerance=1)
+        assert line.startswith(f"{path}: {notes.sum()} notes rebuilt of its {int(original.sum())}: ")
+        assert f"F1 {exact['f1']:.2f} (within a step: F1 {near['f1']:.2f})" in line
+        assert f"precision {exact['precision']:.2f}, recall {exact['recall']:.2f}" in line
+    assert (tmp_path / "img" / f"{midi[0].stem}_reconstruction.png").is_file()
+    assert mg.main(argv[:-3] + ["--measure", "2", "--no-audio"]) == 0  # into the run: its page shows them
+    assert "Songs of MIDI files, each as given and as the model rebuilds it" in (run / "index.html").read_text()
+    original = np.load(run / "generated" / "npy" / f"{midi[0].stem}_original.npy")
+    assert np.array_equal(original, midi_to_song(midi[0], first_measure=1))
+
+
+def test_interpolate_says_how_much_of_each_file_its_ends_keep(run_and_songs, tmp_path, capsys):
+    run, (start, end) = run_and_songs
+    argv = ["interpolate", "--run", str(run), "--from", str(start), "--to", str(end), "--steps", "3"]
+    assert mg.main([*argv, "--output-dir", str(tmp_path), "--no-audio"]) == 0
+    out = capsys.readouterr().out
+    for name, path in (("interpolation_song01", start), ("interpolation_song03", end)):
+        notes = midi_to_song(tmp_path / "midi" / f"{name}.mid")
+        f1 = onset_scores(midi_to_song(path), notes)["f1"]
+        assert f"{name} against {path}: precision" in out and f"F1 {f1:.2f}" in out
+
+
 def test_the_same_seed_gives_the_same_variations(run_and_songs, tmp_path):
     run, (song, _) = run_and_songs
 
@@ -128,11 +165,15 @@ def test_the_same_seed_gives_the_same_variations(run_and_songs, tmp_path):
 def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp_path, capsys):
     run, (song, _) = run_and_songs
     (tmp_path / "noise.mid").write_bytes(np.random.default_rng(0).bytes(300))
+    short = tmp_path / "short.mid"
+    song_to_midi(midi_to_song(song)[:2], short)
     cases = [
         (["encode", "--run", str(tmp_path), str(song)], "is not a run folder made by train"),
         (["encode", "--run", str(run), str(tmp_path / "missing.mid")], "missing.mid does not exist"),
         (["encode", "--run", str(run), str(tmp_path / "noise.mid")], "noise.mid is not a readable MIDI file"),
         (["encode", "--run", str(run), str(song), "--measure", "40"], "has no notes in measures 40-55"),
+        (["reconstruct", "--run", str(run), str(tmp_path / "noise.mid")], "noise.mid is not a readable MIDI file"),
+        (["reconstruct", "--run", str(run), str(short)], "short.mid gives no sample: too short: 2 measures"),
         (["interpolate", "--run", str(run), "--from", str(song), "--to", str(song), "--steps", "1"], "--steps"),
         (["variations", "--run", str(run), str(song), "--spread", "0"], "argument --spread: must be more than 0"),
     ]
@@ -195,7 +236,15 @@ def test_the_server_answers_songs_and_files_for_slider_positions(server, run_and
     assert len(positions) == 4 and max(map(abs, positions)) <= 3
     _, (song_file, _) = run_and_songs
     status, body = post(f"{server}/encode", song_file.read_bytes(), "audio/midi")
-    assert status == 200 and len(json.loads(body)["positions"]) == 4
+    placed = json.loads(body)
+    assert status == 200 and len(placed["positions"]) == 4
+    shown = json.loads(post(f"{server}/song", json.dumps({"positions": placed["positions"]}).encode())[1])["notes"]
+    song = midi_to_song(song_file)
+    shown_song = np.zeros((16, 96, 96), np.uint8)
+    for step, pitch in shown:
+        shown_song[step // 96, pitch - 16, step % 96] = 1
+    assert placed["kept_f1"] == pytest.approx(onset_scores(song, shown_song.reshape(16, -1))["f1"])
+    assert 0 <= placed["code_f1"] <= 1
 
 
 @pytest.mark.parametrize(
