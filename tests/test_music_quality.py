@@ -13,7 +13,7 @@ import pytest
 import music_generator as mg
 from music_vae.dataset import SongFiles, following_samples, transposed
 from music_vae.latent import DENSITY_FILE, LatentDensity, encode
-from music_vae.model import ModelConfig, build_vae, kl_share
+from music_vae.model import ModelConfig, PitchStepLogits, PitchStepProfiles, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE
 from music_vae.songs import NoteRule, strongest_per_step
 from music_vae.training import with_defaults
@@ -45,6 +45,43 @@ def test_the_loss_is_the_summed_reconstruction_plus_the_weighted_kl_above_the_fr
     kl_cost = np.maximum(kl - free_bits * math.log(2), 0)  # 3 bits = 2.08 nats free
     assert loss == pytest.approx(cross_entropy.mean() + 0.5 * kl_cost.mean(), rel=1e-4)
     assert float(vae.kl_tracker.result()) == pytest.approx(kl.mean(), rel=1e-5)  # the KL logged is all of it
+
+
+def test_a_note_weight_counts_the_note_cells_that_many_times_in_the_loss_but_not_in_the_one_logged():
+    vae = build_vae(ModelConfig(**{**TINY.__dict__, "reconstruction": "bce", "note_weight": 4.0, "kl_weight": 0.0}))
+    rng = np.random.default_rng(2)
+    songs = (rng.random((2, 16, 9216)) < 0.01).astype(np.float32)
+    reconstructed = rng.uniform(0.01, 0.99, songs.shape).astype(np.float32)
+    zeros = np.zeros((2, 3), np.float32)
+    loss = float(vae.compute_loss(songs, y_pred=(reconstructed, zeros, zeros)))
+    notes = -(songs * np.log(reconstructed)).sum(axis=(1, 2))
+    silence = -((1 - songs) * np.log(1 - reconstructed)).sum(axis=(1, 2))
+    assert loss == pytest.approx((4 * notes + silence).mean(), rel=1e-4)
+    assert float(vae.reconstruction_tracker.result()) == pytest.approx((notes + silence).mean(), rel=1e-4)
+
+
+def test_pitch_and_step_profiles_and_terms_of_a_measure_built_by_hand():
+    measure = np.zeros((PITCHES, STEPS_PER_MEASURE), np.float32)
+    measure[10, [0, 24, 48]] = 1  # three onsets at pitch row 10
+    measure[30, 24] = 1  # and one at row 30, with the second of them
+    songs = np.zeros((1, 2, PITCHES * STEPS_PER_MEASURE), np.float32)
+    songs[0, 1] = measure.ravel()
+    profiles = np.asarray(PitchStepProfiles()(songs))
+    assert profiles.shape == (1, 2, PITCHES + STEPS_PER_MEASURE) and not profiles[0, 0].any()
+    pitches, steps = profiles[0, 1, :PITCHES], profiles[0, 1, PITCHES:]
+    assert pitches[10] == 3 / STEPS_PER_MEASURE and pitches[30] == 1 / STEPS_PER_MEASURE and pitches.sum() == 4 / 96
+    assert steps[24] == 2 / PITCHES and steps[0] == steps[48] == 1 / PITCHES and steps.sum() == 4 / 96
+    cells = np.arange(2 * PITCHES * STEPS_PER_MEASURE, dtype=np.float32).reshape(1, 2, -1)
+    pitch_terms = np.zeros((1, 2, PITCHES), np.float32)
+    step_terms = np.zeros((1, 2, STEPS_PER_MEASURE), np.float32)
+    pitch_terms[0, 1, 7], step_terms[0, 0, 5] = 100, 1000
+    logits = np.asarray(PitchStepLogits()([cells, pitch_terms, step_terms])).reshape(2, PITCHES, STEPS_PER_MEASURE)
+    added = logits - cells.reshape(2, PITCHES, STEPS_PER_MEASURE)
+    assert (added[1, 7] == 100).all() and (added[0, :, 5] == 1000).all() and np.count_nonzero(added) == 96 + 96
+    vae = build_vae(ModelConfig(**{**TINY.__dict__, "pitch_step_terms": True}))
+    assert vae.encoder.get_layer("measure_hidden").kernel.shape[0] == 9216 + 192
+    assert {"pitch_terms", "step_terms"} <= {layer.name for layer in vae.decoder.layers}
+    assert tuple(vae(np.zeros((1, 16, 9216), np.float32))[0].shape) == (1, 16, 9216)
 
 
 def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path):
