@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from music_vae.dataset import find_samples, read_data
+    from music_vae.dataset import find_samples
     from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
     from music_vae.explore import (
         encode_command, explore_command, interpolate_command, reconstruct_command, variations_command,

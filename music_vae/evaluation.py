@@ -20,7 +20,8 @@ from music_vae.model import ops
 from music_vae.samples import SkipFile, midi_to_song
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
-TRAINING_CHUNK = 256  # training samples read at a time to find each song's nearest: 38 MB as uint8
+TRAINING_CHUNK = 256  # training samples read at a time to find each song's copies: 38 MB as uint8
+REFERENCE_SONGS = 200  # held-out songs searched for copies too, as the reference
 
 
 def evaluate_songs(
@@ -140,7 +141,7 @@ def originality(generated, held_out_songs, training, data_folder=None):
     generated : dict
         Song name -> (measures, 9216) onsets.
     held_out_songs : list of np.ndarray
-        Samples training never saw.
+        Samples training never saw; up to REFERENCE_SONGS of them are searched for.
     training : list of Path
         Every training sample, read TRAINING_CHUNK at a time.
     data_folder : str or Path, optional
@@ -153,7 +154,7 @@ def originality(generated, held_out_songs, training, data_folder=None):
         measure, "phrase_copy": bool}), ``generated`` and ``held_out``
         (music_metrics.replay_summary of each, or None), and ``training_samples`` searched.
     """
-    rows = [*generated.values(), *held_out_songs]
+    rows = [*generated.values(), *held_out_songs[:REFERENCE_SONGS]]
     if not rows:
         return None
     places = measure_places(training, data_folder) if data_folder else np.arange(len(training), dtype=np.int64) << 32
