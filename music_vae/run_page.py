@@ -67,18 +67,20 @@ def run_page(run, state, evaluation=None):
 
 def loss_curve_image(history):
     """The losses per epoch as an (height, width, 4) uint8 RGBA picture: loss,
-    reconstruction and KL side by side, training solid and validation dashed."""
+    reconstruction, KL and, where recorded, the reconstructions' F1 side by side, training
+    solid and validation dashed."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(15, 3.6), dpi=100)
+    names = ["loss", "reconstruction", "kl"] + (["f1"] if any("val_f1" in row for row in history) else [])
+    figure = Figure(figsize=(5 * len(names), 3.6), dpi=100)
     epochs = [row["epoch"] for row in history]
-    for number, name in enumerate(("loss", "reconstruction", "kl"), start=1):
-        axes = figure.add_subplot(1, 3, number)
+    for number, name in enumerate(names, start=1):
+        axes = figure.add_subplot(1, len(names), number)
         for key, line, label in ((name, "-", "training"), (f"val_{name}", "--", "validation")):
             points = [(epoch, row[key]) for epoch, row in zip(epochs, history) if key in row]
             if points:
                 axes.plot(*zip(*points), line, marker="o", markersize=3, label=label)
-        axes.set_title(name)
+        axes.set_title("reconstruction F1 (notes rebuilt)" if name == "f1" else name)
         axes.set_xlabel("epoch")
         axes.legend()
     return figure_pixels(figure)

@@ -211,6 +211,10 @@ def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     history = json.loads((run / "state.json").read_text())["history"]
     assert [value for _, value in events["train"]["epoch_loss"]] == pytest.approx([row["loss"] for row in history])
     assert [step for step, _ in events["train"]["batch_loss"]] == [1, 2, 3, 4, 5, 6]  # --log-every 1
+    # How much of a few training and validation songs their reconstructions rebuild, every epoch.
+    for key, split in (("f1", "train"), ("val_f1", "validation")):
+        assert all(0 <= row[key] <= 1 for row in history)
+        assert [value for _, value in events[split]["epoch_f1"]] == pytest.approx([row[key] for row in history])
     assert [step for step, _ in events["songs"]["song01"]] == [1, 2]
 
 

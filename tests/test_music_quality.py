@@ -287,9 +287,9 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
     assert settings("--preset", "paper", "--lr", "0.002", "--note-rule", "expected")["lr"] == 0.002
     default = settings()
     assert {key: default[key] for key in PAPER_SETTINGS} == {
-        **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 16.0, "batch_size": 64, "lr": 0.001,
+        **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 256.0, "batch_size": 64, "lr": 0.001,
         "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 2, "random_start": True,
-        "latent_batch_norm": 0.5,
+        "latent_batch_norm": 0.5, "transpose": 6, "pitch_step_terms": True,
     }
     code, run = train(tmp_path, "--preset", "paper", "--epochs", "1", "--songs", "1", "--no-audio")
     parameters = json.loads((run / "state.json").read_text())["parameters"]
@@ -303,7 +303,7 @@ PAPER_SETTINGS = {
     "reconstruction": "mse", "kl_warmup": 0, "kl_cycle": 0, "free_bits": 0.0, "dropout": 0.0, "batch_size": 1,
     "lr": 0.01, "transpose": 0, "precision": "float32", "sample_from": "prior", "temperature": 1.0,
     "note_rule": "per-song", "threshold": None, "max_pitches_per_step": 0, "random_start": False,
-    "latent_batch_norm": 0.0,
+    "latent_batch_norm": 0.0, "note_weight": 1.0, "pitch_step_terms": False,
 }
 
 
