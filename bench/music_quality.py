@@ -3,7 +3,7 @@ judged on songs that neither training nor the choice of settings saw.
 
     python bench/music_quality.py [MIDI_DIR] [--configs default,-note-weight] [--budget 40000]
                                   [--split test|validation] [--songs 100] [--work DIR]
-                                  [--json FILE] [--extra "--latent 8"] [--extra-data DIR]
+                                  [--json FILE] [--extra "--latent 8"]
 
 Converts MIDI_DIR (default ../shared/midi/vgmidi) into samples once, with data_loader.py (a
 later run converts only what is missing), and splits them by MIDI file into training,
@@ -27,18 +27,21 @@ figures:
 - originality, measure by measure: the share of the songs' measures that replay a training
   measure at any place and transposition, and the share of songs holding a phrase copy, with
   the split's own songs as the reference (real songs of one collection share some too);
-- the epochs the validation loss rose after its best one; training samples/s and minutes.
+- the epochs the validation loss rose after its best one; training samples/s and minutes; and the
+  learning curve: the reconstruction F1 of 64 training and 64 validation songs after every
+  epoch (train records them), at six points of the run.
 
 Prints one table, metric by configuration, marking each figure that misses its target (issue
 22's) with "*" and each that the configuration fixes by construction with "+" (never a
 win: a calibrated note count, a capped polyphony, a floor on the KL), then the
-rate-distortion table (a configuration a row) as Markdown, and writes everything as JSON.
+rate-distortion table (a configuration a row) and the learning curves as Markdown, and writes
+everything as JSON.
 --extra adds train options to every configuration (a smaller model, to try the bench
-quickly); --extra-data, the samples folder of more MIDI files, trains the configurations
-named "+more-data" on them too.
+quickly).
 """
 
 import argparse
+import datetime
 import json
 import math
 import shlex
@@ -91,7 +94,6 @@ CONFIGS = {
     "note-weight-3": SPEED + ["--note-weight", "3"],
     "autoencoder": SPEED + ["--kl-weight", "0", "--latent-batch-norm", "0", "--free-bits", "0", "--kl-cycle", "0"],
     "issue-13": SPEED + ["--transpose", "0", "--no-pitch-step-terms", "--free-bits", "16", "--epochs", "20"],
-    "+more-data": SPEED,  # with --extra-data
 }
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
 NOT_LEARNT = {
@@ -117,18 +119,14 @@ def main():
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "music_quality", help="samples and runs")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--extra", default="", help="train options added to every configuration")
-    parser.add_argument("--extra-data", type=Path, help="folder of MIDI files the +more-data configurations add")
     args = parser.parse_args()
     names = args.configs.split(",")
     if unknown := [name for name in names if name not in CONFIGS]:
         parser.error(f"unknown configuration {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     if not args.midi.is_dir():
         parser.error(f"{args.midi} is not a folder of MIDI files")
-    if any(name.startswith("+more-data") for name in names) and not args.extra_data:
-        parser.error("+more-data needs --extra-data MIDI_DIR")
 
     samples = convert(args.midi, args.work)
-    extra = convert(args.extra_data, args.work) if args.extra_data else None
     data = read_data(samples, VALIDATION_SPLIT, SEED, test_split=TEST_SPLIT)
     held_out = data.test if args.split == "test" else data.validation
     epochs = max(1, round(args.budget / len(data.training)))
@@ -143,8 +141,6 @@ def main():
     trained = {}  # training options -> the run they trained: configurations that differ in songs only share it
     for name in names:
         flags = CONFIGS[name] + shlex.split(args.extra)
-        if name.startswith("+more-data"):
-            flags += ["--extra-data", str(extra)]
         results["configs"][name] = judge_config(name, flags, samples, data, held_out, epochs, args, trained)
         if args.json:  # after every configuration: an hour's figures survive a later failure
             args.json.write_text(json.dumps(results, indent=1))
@@ -152,6 +148,8 @@ def main():
     print(table(results))
     print()
     print(rate_distortion_table(results))
+    print()
+    print(learning_curve_table(results))
     return 0 if all("error" not in result for result in results["configs"].values()) else 1
 
 
@@ -207,9 +205,11 @@ def judge_config(name, flags, samples, data, held_out, epochs, args, trained):
     best = int(np.argmin(validation_losses)) + 1
     result = {
         "flags": flags, "run": str(run.path), "minutes": sum(row["seconds"] for row in history) / 60,
+        "wall_minutes": wall_minutes(state["sessions"]),
         "epochs": len(history),
         "samples_per_s": float(np.mean([row["samples_per_s"] for row in history if "samples_per_s" in row])),
         "best_validation_epoch": best, "epochs_after_best": len(history) - best,
+        "curve": {row["epoch"]: [row.get("f1"), row.get("val_f1")] for row in history},
         "constructed": sorted(constructed(parameters)), **figures(evaluation),
     }
     print(
@@ -243,6 +243,17 @@ def train_run(name, command, settings, args):
         print(f"{name}: train failed (exit {finished.returncode}); see {logs / f'{name}.log'}")
         return None
     return RunFolder.open(done[-1])
+
+
+def wall_minutes(sessions):
+    """Minutes from the start to the end of a run's training sessions (its epochs, the models
+    and songs each writes, and the final evaluation), as its state records them."""
+    spans = [
+        datetime.datetime.fromisoformat(session["ended"]) - datetime.datetime.fromisoformat(session["started"])
+        for session in sessions
+        if session.get("ended")
+    ]
+    return sum(span.total_seconds() for span in spans) / 60
 
 
 def learnt(parameters):
@@ -368,7 +379,8 @@ def rows():
         ("copied_measures", "measures replaying a training measure"), ("phrase_copies", "songs with a phrase copy"),
         ("nearest_mean", "  most similar training measure, Jaccard"),
         ("best_validation_epoch", "best validation epoch"), ("epochs_after_best", "  epochs after it"),
-        ("samples_per_s", "training samples/s"), ("minutes", "minutes of training"),
+        ("samples_per_s", "training samples/s"), ("minutes", "minutes of training steps"),
+        ("wall_minutes", "  minutes of the train command"),
     ]
 
 
@@ -402,6 +414,7 @@ def rate_distortion_table(results):
         ("training_f1", "training F1"), ("mean_overlap", "mean overlap"), ("lowest_overlap", "lowest overlap"),
         ("lowest_feature", "of"), ("diversity", "diversity"), ("copied_measures", "copied measures"),
         ("phrase_copies", "phrase copies"), ("epochs", "epochs"), ("minutes", "minutes"),
+        ("wall_minutes", "wall minutes"),
     ]
     lines = [
         "| | " + " | ".join(label for _, label in columns) + " |",
@@ -414,6 +427,21 @@ def rate_distortion_table(results):
             value = result.get(key)
             cells.append(number(value) + (" +" if key in result.get("constructed", ()) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def learning_curve_table(results, points=6):
+    """How the reconstruction F1 of 64 training songs and 64 validation songs grew, epoch by
+    epoch (train records both after every epoch), at ``points`` epochs of each configuration,
+    as Markdown."""
+    lines = ["| | epoch: training F1 / validation F1 |", "| --- | --- |"]
+    for name, result in results["configs"].items():
+        curve = {int(epoch): scores for epoch, scores in result.get("curve", {}).items()}
+        if not curve:
+            continue
+        shown = sorted({round(len(curve) * (point + 1) / points) for point in range(points)} & set(curve))
+        cells = ", ".join(f"{epoch}: {number(curve[epoch][0])} / {number(curve[epoch][1])}" for epoch in shown)
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
 

@@ -94,8 +94,8 @@ def evaluate_songs(
 
 
 def reconstruct(encoder, decoder, songs, rule):
-    """The songs the model makes of ``songs`` (a list of (measures, 9216) onsets): each
-    encoded to its latent mean and decoded, its notes picked as the run picks a song's.
+    """The songs the model makes of ``songs`` (a non-empty list of (measures, 9216) onsets):
+    each encoded to its latent mean and decoded, its notes picked as the run picks a song's.
     Returns (values, notes): (count, measures, 9216) float32 decoder outputs, and the cells
     of each that are notes as uint8 0/1."""
     values, notes = [], []
@@ -106,8 +106,6 @@ def reconstruct(encoder, decoder, songs, rule):
             kept, threshold = rule.apply(song)
             values.append(song)
             notes.append((kept >= threshold).astype(np.uint8))
-    if not values:
-        return np.zeros((0, *np.shape(songs)[1:]), np.float32), np.zeros((0, *np.shape(songs)[1:]), np.uint8)
     return np.stack(values), np.stack(notes)
 
 

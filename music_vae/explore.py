@@ -1,9 +1,8 @@
 """Moving through a run's latent space (the paper's outlook, its section 5.4): songs of
 MIDI files encoded to their place in it (the encode command) and decoded from there
 (reconstruct), songs along the path between two of them (interpolate) and around one
-(variations), and the principal components of the
-encoded training songs, the axes the explore page's sliders move along (as HackerPoet's
-Composer does).
+(variations), and the principal components of the encoded training songs, the axes the
+explore page's sliders move along (as HackerPoet's Composer does).
 """
 
 import dataclasses
