@@ -38,7 +38,8 @@ try:
     from music_vae.run_songs import RunSongs, song_list
     from music_vae.samples import PITCHES
     from music_vae.songs import fixed_noise
-    from music_vae.training import DEFAULTS, train
+    from music_vae.settings import DEFAULTS
+    from music_vae.training import train
 except ImportError as error:
     if __name__ != "__main__":
         raise
@@ -90,7 +91,7 @@ def parse_args(argv=None):
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     # The options of train default to None, so that --resume knows which were given; their
-    # defaults are training.DEFAULTS.
+    # defaults are settings.DEFAULTS.
     def option(group, flag, help, **kwargs):
         default = DEFAULTS[flag[2:].replace("-", "_")]
         if default is not None and default is not False and default != "":  # 0 is a default to show

@@ -61,7 +61,7 @@ from music_vae.model import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, code_version, data_settings, environment  # noqa: E402
 from music_vae.samples import PITCHES  # noqa: E402
 from music_vae.songs import song_source  # noqa: E402
-from music_vae.training import DEFAULTS, SONG_OPTIONS, run_parameters, with_defaults  # noqa: E402
+from music_vae.settings import DEFAULTS, SONG_OPTIONS, run_parameters, with_defaults  # noqa: E402
 
 import music_generator  # noqa: E402
 

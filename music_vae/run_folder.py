@@ -276,8 +276,10 @@ def split_text(data):
 
 
 # The modules that only judge, show or play a run's songs: they do not change what it learns.
+# settings.py decides only a run's parameters, which are compared apart.
 NOT_TRAINING_CODE = (
     "audio.py", "evaluation.py", "explore.py", "explore_server.py", "music_metrics.py", "run_page.py", "run_songs.py",
+    "settings.py",
 )
 
 

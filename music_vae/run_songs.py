@@ -13,7 +13,7 @@ from music_vae.model import keras
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_page import write_run_page
 from music_vae.songs import SongStyle, decode, save_songs, song_source
-from music_vae.training import SONG_OPTIONS, run_parameters
+from music_vae.settings import SONG_OPTIONS, run_parameters
 
 
 class RunSongs:

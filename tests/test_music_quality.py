@@ -16,7 +16,7 @@ from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, PitchStepLogits, PitchStepProfiles, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE
 from music_vae.songs import NoteRule, strongest_per_step
-from music_vae.training import with_defaults
+from music_vae.settings import with_defaults
 from test_music_generator import make_samples, train
 
 TINY = ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3)
@@ -288,7 +288,7 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
     default = settings()
     assert {key: default[key] for key in PAPER_SETTINGS} == {
         **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 256.0, "batch_size": 64, "lr": 0.001,
-        "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 2, "random_start": True,
+        "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 3, "random_start": True,
         "latent_batch_norm": 0.5, "transpose": 6, "pitch_step_terms": True,
     }
     code, run = train(tmp_path, "--preset", "paper", "--epochs", "1", "--songs", "1", "--no-audio")
