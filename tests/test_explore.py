@@ -324,6 +324,9 @@ def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_
         after_a_draw(lambda: page.set_input_files("#open", str(song_file)))
         encoded = sliders()
         assert encoded != [0, 0, 0, 0]
+        placed = page.text_content("#placed")
+        assert re.fullmatch(rf"{song_file.name}: the song on the sliders keeps F1 \d\.\d\d of its notes "
+                            r"\(its whole code: \d\.\d\d\)", placed), placed
         page.click("#play")
         page.wait_for_function("window.explorer.playing() && window.explorer.audioTime() > 0.2")
         page.click("#play")
