@@ -213,7 +213,7 @@ def judge_config(name, flags, samples, data, held_out, epochs, args, trained):
         "constructed": sorted(constructed(parameters)), **figures(evaluation),
     }
     print(
-        f"{name}: test F1 {number(result['f1'])}, training F1 {number(result['training_f1'])}, "
+        f"{name}: {args.split} F1 {number(result['f1'])}, training F1 {number(result['training_f1'])}, "
         f"KL {number(result['kl_per_song'])}, mean overlap {number(result['mean_overlap'])}, "
         f"diversity {number(result['diversity'])}", flush=True,
     )
