@@ -343,7 +343,7 @@ def song_figures(compared, means, copies):
         **{f"overlap_{feature}": overlap for feature, overlap in overlaps.items()},
         **{f"mean_{feature}": mean for feature, mean in means.items()},
         "silent_songs": len(compared["silent_songs"]),
-        "copied_measures": copies.get("copied_share"), "nearest_mean": copies.get("mean"),
+        "copied_measures": copies.get("copied_share"),
         "phrase_copies": copies["phrase_copies"] / copies["songs"] if copies else None,
     }
 
@@ -377,7 +377,6 @@ def rows():
         *[(f"mean_{feature}", f"  mean: {label}") for feature, label in features],
         ("silent_songs", "silent songs"),
         ("copied_measures", "measures replaying a training measure"), ("phrase_copies", "songs with a phrase copy"),
-        ("nearest_mean", "  most similar training measure, Jaccard"),
         ("best_validation_epoch", "best validation epoch"), ("epochs_after_best", "  epochs after it"),
         ("samples_per_s", "training samples/s"), ("minutes", "minutes of training steps"),
         ("wall_minutes", "  minutes of the train command"),
