@@ -301,12 +301,12 @@ def summary_rows(results):
 
         rows += [
             (
-                f"measures replaying a training measure (Jaccard >= {music_metrics.COPY_JACCARD}, any place, "
-                f"+-{music_metrics.TRANSPOSITIONS} semitones)",
+                f"copied measures (J >= {music_metrics.COPY_JACCARD}, any place, +-{music_metrics.TRANSPOSITIONS} "
+                "semitones)",
                 beside(lambda summary: f"{summary['copied_share']:.1%} of {summary['measures']}"),
             ),
             (
-                f"songs with a phrase copy ({music_metrics.PHRASE_MEASURES} measures of a training file in a row)",
+                f"songs with a phrase copy ({music_metrics.PHRASE_MEASURES} copied measures in a row)",
                 beside(lambda summary: f"{summary['phrase_copies']} of {summary['songs']}"),
             ),
             ("training samples searched for copies", str(originality["training_samples"])),

@@ -533,7 +533,7 @@ def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run)
     assert results["training_reconstruction"]["samples"] == 1  # as many as the held-out ones
     info = next(run.glob("*_info.txt")).read_text()
     assert "Evaluation (the latest" in info and "mean overlap with the data" in info and "KL per song" in info
-    assert "measures replaying a training measure" in info and "1 for test" in info
+    assert "copied measures (J >= 0.8, any place, +-6 semitones)" in info and "1 for test" in info
     originality = results["originality"]
     assert sorted(originality["songs"]) == sorted(results["songs"])
     assert originality["training_samples"] == json.loads((run / "state.json").read_text())["data"]["training"]
