@@ -287,7 +287,7 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
     assert settings("--preset", "paper", "--lr", "0.002", "--note-rule", "expected")["lr"] == 0.002
     default = settings()
     assert {key: default[key] for key in PAPER_SETTINGS} == {
-        **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 256.0, "batch_size": 64, "lr": 0.001,
+        **PAPER_SETTINGS, "reconstruction": "bce", "kl_cycle": 4, "free_bits": 1024.0, "batch_size": 64, "lr": 0.001,
         "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 3, "random_start": True,
         "latent_batch_norm": 0.5, "transpose": 6, "pitch_step_terms": True,
     }
