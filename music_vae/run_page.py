@@ -17,8 +17,9 @@ from music_vae.run_folder import devices_text, loss_columns, now, split_text
 
 # The parameters shown at the top of the page; the info file has all of them.
 PAGE_PARAMETERS = (
-    "data", "preset", "epochs", "batch_size", "lr", "kl_weight", "reconstruction", "transpose", "random_start",
-    "precision", "latent", "seed", "sample_from", "note_rule", "max_pitches_per_step", "threshold", "bpm",
+    "data", "preset", "epochs", "batch_size", "lr", "kl_weight", "free_bits", "reconstruction", "pitch_step_terms",
+    "transpose", "random_start", "precision", "latent", "seed", "sample_from", "note_rule", "max_pitches_per_step",
+    "threshold", "bpm",
 )
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True,
