@@ -93,8 +93,10 @@ CONFIGS = {
     "latent-bn-0.25": SPEED + ["--latent-batch-norm", "0.25"],
     "note-weight-3": SPEED + ["--note-weight", "3"],
     "autoencoder": SPEED + ["--kl-weight", "0", "--latent-batch-norm", "0", "--free-bits", "0", "--kl-cycle", "0"],
-    "issue-13": SPEED + ["--transpose", "0", "--no-pitch-step-terms", "--free-bits", "16", "--epochs", "20"]
-    + ["--max-pitches-per-step", "2"],
+    "issue-13": [
+        *SPEED, "--transpose", "0", "--no-pitch-step-terms", "--free-bits", "16", "--epochs", "20",
+        "--max-pitches-per-step", "2",
+    ],
 }
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
 NOT_LEARNT = {
@@ -379,7 +381,7 @@ def rows():
         ("silent_songs", "silent songs"),
         ("copied_measures", "measures replaying a training measure"), ("phrase_copies", "songs with a phrase copy"),
         ("best_validation_epoch", "best validation epoch"), ("epochs_after_best", "  epochs after it"),
-        ("samples_per_s", "training samples/s"), ("minutes", "minutes of training steps"),
+        ("samples_per_s", "training samples/s"), ("minutes", "minutes of training epochs"),
         ("wall_minutes", "  minutes of the train command"),
     ]
 

@@ -59,7 +59,7 @@ def main():
     for cap in (2, 3, 4, 0):
         rule = NoteRule.of_run({**parameters, "max_pitches_per_step": cap, "threshold": None}, notes)
         rule = fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
-        picked = [(rule.apply(song)[0] >= rule.apply(song)[1]).astype(np.uint8) for song in values]
+        picked = [(kept >= threshold).astype(np.uint8) for kept, threshold in map(rule.apply, values)]
         f1 = reconstruction_scores(encoder, decoder, real, rule)["f1"]
         rows.append((f"{parameters['note_rule']} rule, cap {cap or 'none'}", judged(picked, real, settings), f1))
     rng = np.random.default_rng(0)

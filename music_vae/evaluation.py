@@ -139,7 +139,7 @@ def originality(generated, held_out_songs, training, data_folder=None):
     generated : dict
         Song name -> (measures, 9216) onsets.
     held_out_songs : list of np.ndarray
-        Samples training never saw; up to REFERENCE_SONGS of them are searched for.
+        Samples training never saw; up to REFERENCE_SONGS of them are searched for copies.
     training : list of Path
         Every training sample, read TRAINING_CHUNK at a time.
     data_folder : str or Path, optional

@@ -37,6 +37,7 @@ REPEAT_JACCARD = 0.8  # two measures whose onsets overlap this much count as a r
 ACTIVE_KL = 0.01  # nats: a latent dimension whose mean KL is above this carries information
 DIVERSITY_SONGS = 200  # real songs compared pair by pair: 20,000 pairs, 120 MB of cells
 COPY_JACCARD = 0.8  # a measure that shares this much with a training measure replays it
+COPY_SHARE = fractions.Fraction(COPY_JACCARD).limit_denominator(1000)  # exact, to compare whole numbers of cells
 COPY_MIN_ONSETS = 4  # a measure with fewer onsets (one chord, a held note) is too plain to count as a copy
 TRANSPOSITIONS = 6  # a copy may be moved this many semitones up or down
 PHRASE_MEASURES = 4  # this many copied measures in a row, of one training file in a row: a phrase copy
@@ -150,7 +151,7 @@ def replayed_measures(songs, training, block=8192):
     judged_measures = sparse.csr_matrix(flat[judged])
     queries = sparse.vstack([transposed_measures(judged_measures, shift) for shift in shifts], format="csr")
     query_sizes = np.diff(queries.indptr)
-    share = copy_share()
+    share = COPY_SHARE
     counts = prefixes = None
     copies = []
     for chunk, places in training:
@@ -176,21 +177,17 @@ def replayed_measures(songs, training, block=8192):
     return copied.reshape(count, measures), copies
 
 
-def copy_share():
-    """COPY_JACCARD as an exact fraction (4/5), for comparisons of whole numbers of cells."""
-    return fractions.Fraction(COPY_JACCARD).limit_denominator(1000)
-
-
 def rarest_cells(measures, counts):
     """Of every row of ``measures`` (a sparse 0/1 matrix), its rarest cells by ``counts``
     (9216,), as many as a measure that shares COPY_JACCARD of its cells must share one of:
     |A| - ceil(COPY_JACCARD |A|) + 1. A sparse matrix of ``measures``' shape."""
-    share = copy_share()
+    share = COPY_SHARE
     coordinates = measures.tocoo()
     order = np.lexsort((counts[coordinates.col], coordinates.row))  # by row, then the rarest first
     rows, cells = coordinates.row[order], coordinates.col[order]
     sizes = np.diff(measures.indptr)
-    needed = sizes - (-(-sizes * share.numerator // share.denominator)) + 1
+    shared = -(-sizes * share.numerator // share.denominator)  # ceil(COPY_JACCARD |A|), in whole cells
+    needed = sizes - shared + 1
     position = np.arange(len(rows)) - np.repeat(measures.indptr[:-1], sizes)
     kept = position < needed[rows]
     values = np.ones(np.count_nonzero(kept), np.float32)

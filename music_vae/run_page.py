@@ -72,7 +72,8 @@ def loss_curve_image(history):
     solid and validation dashed."""
     from matplotlib.figure import Figure
 
-    names = ["loss", "reconstruction", "kl"] + (["f1"] if any("val_f1" in row for row in history) else [])
+    rebuilt = any("f1" in row or "val_f1" in row for row in history)
+    names = ["loss", "reconstruction", "kl"] + (["f1"] if rebuilt else [])
     figure = Figure(figsize=(5 * len(names), 3.6), dpi=100)
     epochs = [row["epoch"] for row in history]
     for number, name in enumerate(names, start=1):
