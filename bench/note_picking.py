@@ -22,12 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_data, read_sample  # noqa: E402
-from music_vae.evaluation import reconstruction_scores  # noqa: E402
+from music_vae.evaluation import reconstruct  # noqa: E402
 from music_vae.model import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, data_settings  # noqa: E402
 from music_vae.samples import PITCHES  # noqa: E402
 from music_vae.settings import run_parameters  # noqa: E402
-from music_vae.songs import NoteRule, decode, fitted_rule, fixed_noise, song_source  # noqa: E402
+from music_vae.songs import NoteRule, decode, fitted_rule, fixed_noise  # noqa: E402
 
 FEATURES = ("pitch_class_entropy", "pitch_range", "polyphony", "top_line_leaps", "notes_per_measure_spread")
 SONG_SEED = 1  # as train's final songs
@@ -51,16 +51,24 @@ def main():
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
     notes = state["data"]["mean_notes"]
-    density, _ = song_source(run, parameters, notes, decoder, fit=None)
+    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], fit=None)
     noise = fixed_noise(args.songs, len(density.mean), parameters["seed"] + SONG_SEED)
     values = decode(decoder, density.latents(noise, parameters["temperature"]))
 
+    rules = {
+        cap: fitted_rule(
+            NoteRule.of_run({**parameters, "max_pitches_per_step": cap, "threshold": None}, notes),
+            decoder, density, parameters["temperature"], parameters["seed"],
+        )
+        for cap in (2, 3, 4, 0)
+    }
+    # The split's songs are encoded and decoded once; each cap picks its notes from the same values.
+    rebuilt, _ = reconstruct(encoder, decoder, real, rules[0])
     rows = []
-    for cap in (2, 3, 4, 0):
-        rule = NoteRule.of_run({**parameters, "max_pitches_per_step": cap, "threshold": None}, notes)
-        rule = fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
+    for cap, rule in rules.items():
         picked = [(kept >= threshold).astype(np.uint8) for kept, threshold in map(rule.apply, values)]
-        f1 = reconstruction_scores(encoder, decoder, real, rule)["f1"]
+        rebuilt_notes = np.stack([(kept >= threshold) for kept, threshold in map(rule.apply, rebuilt)])
+        f1 = music_metrics.onset_scores(np.stack(real), rebuilt_notes.astype(np.uint8))["f1"]
         rows.append((f"{parameters['note_rule']} rule, cap {cap or 'none'}", judged(picked, real, settings), f1))
     rng = np.random.default_rng(0)
     probabilities = np.clip(values.astype(np.float64), 1e-7, 1 - 1e-7)
