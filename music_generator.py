@@ -14,31 +14,19 @@ Each run gets its own folder: an info file, TensorBoard logs, the models, and so
 from the same latent vectors after every epoch, as .npy, MIDI, piano-roll PNG and WAV, so
 that progress can be heard on the same seeds, all shown on one HTML page. ``evaluate`` (run
 at the end of training too) measures the songs against the data. This file is the command
-line; the work is done in music_vae/ (README, "How the code is laid out").
+line: its parser, and ``main``, which calls the command (music_vae/training.py,
+music_vae/commands.py; docs/cli.md has every option).
 """
 
-import argparse
 import sys
-from pathlib import Path
-
-import numpy as np
 
 try:
-    from music_vae.dataset import find_samples
-    from music_vae.evaluation import EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, write_evaluation
-    from music_vae.explore import (
-        encode_command, explore_command, interpolate_command, reconstruct_command, variations_command,
-    )
+    from music_vae import commands
+    from music_vae.audio import song_synthesizer
+    from music_vae.config import RUN, TrainConfig, add_song_options, add_train_options, given_options, song_options
+    from music_vae.evaluation import EVALUATION_SAMPLES
     from music_vae.explore_server import SLIDERS
-    from music_vae.files import (
-        ArgumentParser, UsageError, int_between, non_negative_float, positive_float, probability, share,
-    )
-    from music_vae.model import PRECISIONS
-    from music_vae.run_page import write_run_page
-    from music_vae.run_songs import RunSongs, song_list
-    from music_vae.samples import PITCHES
-    from music_vae.songs import fixed_noise
-    from music_vae.settings import DEFAULTS
+    from music_vae.files import ArgumentParser, UsageError, int_between, positive_float
     from music_vae.training import train
 except ImportError as error:
     if __name__ != "__main__":
@@ -46,191 +34,38 @@ except ImportError as error:
     sys.exit(f"music_generator.py: error: {error}; install the requirements: pip install -r requirements.txt")
 
 
-def generate(args):
-    """The generate command: new songs from a run's decoder, into RUN_DIR/generated (or
-    ``--output-dir``), and onto the run's page."""
-    songs = RunSongs(args)
-    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(2**31))
-    noise = fixed_noise(args.songs, songs.decoder.input_shape[-1], seed)
-    written = songs.write(songs.density.latents(noise, songs.parameters["temperature"]), "sample")
-    print(f"{len(written)} songs with seed {seed} in {songs.folder}: {song_list(written)}")
-    return 0
-
-
-def evaluate(args):
-    """The evaluate command: judge a run's songs and model against the data."""
-    songs = RunSongs(args)
-    run, state, parameters, settings = songs.run, songs.state, songs.parameters, songs.settings
-    song_paths = find_songs(run.generated / "midi", args.songs)
-    folder = state["data"]["folder"]
-    data_paths = find_samples(args.data, settings.shape)[0] if args.data else None
-    held_out = find_samples(args.validation, settings.shape)[0] if args.validation else None
-    training = None  # where the run's data folder is gone, the table says that no song was compared with them
-    if data_paths is None or held_out is None or Path(folder).is_dir():  # the run's own data, split as in training
-        own = songs.data(needed_for="pass --data SAMPLES_DIR and --validation SAMPLES_DIR (held-out samples)")
-        data_paths = own.training + own.validation + own.test if data_paths is None else data_paths
-        held_out = (own.test or own.validation) if held_out is None else held_out
-        training = own.training
-    results = evaluate_songs(
-        songs.encoder, songs.decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training,
-        rule=songs.style.rule, settings=settings, samples=args.samples, seed=parameters["seed"], data_folder=folder,
-    )
-    if not results["songs"]:
-        raise UsageError(f"none of the {len(song_paths)} files that match {args.songs!r} is a readable MIDI file")
-    results["compared"]["data_folder"] = str(Path(args.data or folder).resolve())
-    state["evaluation"], _ = write_evaluation(run.path, results)
-    run.save(state)
-    write_run_page(run, state)
-    print(f"Evaluation of {run.path.name}: " + evaluation_table(results))
-    print(f"Wrote {run.path / 'evaluation.json'} and {run.path / 'evaluation.png'}")
-    return 0
-
-
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    subcommands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    # The options of train default to None, so that --resume knows which were given; their
-    # defaults are settings.DEFAULTS.
-    def option(group, flag, help, **kwargs):
-        default = DEFAULTS[flag[2:].replace("-", "_")]
-        if default is not None and default is not False and default != "":  # 0 is a default to show
-            help += f" (default: {'on' if default is True else default})"
-        group.add_argument(flag, default=None, help=help, **kwargs)
-
-    train_parser = commands.add_parser(
+    train_parser = subcommands.add_parser(
         "train",
         help="train a VAE and write a run folder",
         description="Train the paper's VAE on a folder of samples; every run gets its own folder with songs after "
         "every epoch.",
     )
-    group = train_parser.add_argument_group("data and run")
-    option(
-        group, "--data", "folder of .npy samples made by data_loader.py (searched recursively)", metavar="SAMPLES_DIR"
+    groups = add_train_options(train_parser)
+    groups[RUN].add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue a stopped run from its last completed epoch, with its own parameters; --epochs, "
+        "--batch-size and a few more may change, as a note says",
     )
-    option(group, "--run-name", "name of the run; its folder is <output-dir>/<YYYYMMDDHHMMSS>_<run-name>")
-    option(group, "--run-info", "why this run: written at the top of its info file")
-    option(group, "--output-dir", "where run folders go")
-    option(
-        group, "--preset", "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, KL weight 1 "
-        "throughout, songs from the prior, each song's strongest cells as notes) for every option not given",
-        choices=("paper",),
-    )
-    group.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a stopped run from its last completed epoch, "
-        "with its own parameters; --epochs, --batch-size and a few more may change, as a note says",
-    )
-    group = train_parser.add_argument_group("model (paper, section 4.1)")
-    option(group, "--measure-hidden", "hidden units of the measure encoder and decoder", type=int_between(1))
-    option(group, "--measure-features", "features per measure", type=int_between(1))
-    option(group, "--song-hidden", "hidden units of the song VAE", type=int_between(1))
-    option(group, "--latent", "latent dimensions", type=int_between(1))
-    option(group, "--kl-weight", "weight of the KL term in the loss", type=non_negative_float)
-    option(
-        group, "--kl-warmup", "epochs over which the KL weight rises from 0 to --kl-weight at the start",
-        type=int_between(0),
-    )
-    option(
-        group, "--kl-cycle", "a cyclical KL weight: rising from 0 over the first half of every this many epochs",
-        type=int_between(0),
-    )
-    option(
-        group, "--free-bits", "bits of KL per song that cost nothing (MusicVAE's free bits)", type=non_negative_float
-    )
-    option(group, "--dropout", "share of hidden units dropped in training, after every hidden layer", type=share)
-    option(
-        group, "--pitch-step-terms", "the measure encoder also reads each measure's notes per pitch and per step, "
-        "and the measure decoder adds a term per pitch and per step to every cell's logit",
-        action=argparse.BooleanOptionalAction,
-    )
-    option(
-        group, "--latent-batch-norm",
-        "batch-normalise the latent means to this spread (a BN-VAE: a floor on the KL); 0: none",
-        type=non_negative_float, metavar="SCALE",
-    )
-    option(
-        group, "--reconstruction",
-        "reconstruction loss summed over the song: squared error (the paper) or binary cross-entropy",
-        choices=("mse", "bce"),
-    )
-    option(
-        group, "--note-weight", "weight of the note cells in the reconstruction loss against the silent ones",
-        type=positive_float,
-    )
-    group = train_parser.add_argument_group("training (paper, section 3.4)")
-    option(group, "--epochs", "epochs to train", type=int_between(1))
-    option(group, "--batch-size", "samples per step", type=int_between(1))
-    option(group, "--lr", "Adam's learning rate", type=positive_float)
-    option(group, "--validation-split", "share of the songs held out for validation", type=share)
-    option(
-        group, "--test-split", "share of the songs held out for testing: the evaluation's held-out songs",
-        type=share,
-    )
-    option(group, "--seed", "seed of the weights, the data order and the songs' latent vectors", type=int_between(0))
-    option(
-        group, "--transpose", "move each training song by up to this many semitones up or down, anew every epoch",
-        type=int_between(0, 48),
-    )
-    option(
-        group, "--random-start",
-        "start each training song at a measure drawn anew every epoch, running on into the file's next sample",
-        action=argparse.BooleanOptionalAction,
-    )
-    option(
-        group,
-        "--cache",
-        "keep all samples in memory, bit-packed (18 KB each), when they fit in half of it; "
-        "by default one batch at a time is read from disk",
-        action="store_true",
-    )
-    option(
-        group, "--precision", "compute precision: mixed bfloat16 or float16 keep the weights and the loss in float32",
-        choices=tuple(PRECISIONS),
-    )
-    option(
-        group, "--jit",
-        "compile each step with XLA (default: where that is faster: with JAX, and with TensorFlow on a GPU)",
-        action=argparse.BooleanOptionalAction,
-    )
-    option(group, "--log-every", "batches between per-batch TensorBoard points", type=int_between(1))
-    group = train_parser.add_argument_group("several devices and machines (README, \"Training on several GPUs\")")
-    option(
-        group, "--distribute",
-        "data-parallel: spread every batch over the devices, each with a copy of the model (JAX or TensorFlow); "
-        "several machines join through the KERAS_DISTRIBUTION_* environment variables (JAX)",
-        choices=("none", "data-parallel"),
-    )
-    option(
-        group, "--devices", "with --distribute data-parallel: how many of this machine's GPUs (else CPUs) to use "
-        "(default: all)", type=int_between(1),
-    )
-    group = train_parser.add_argument_group("songs")
-    option(
-        group, "--songs-per-epoch", "songs written after every epoch, from the same latent vectors each time",
-        type=int_between(0),
-    )
-    option(group, "--songs", "songs written at the end", type=int_between(0))
-    add_song_options(group, DEFAULTS)
-    train_parser.set_defaults(run_command=train)
 
-    generate_parser = commands.add_parser(
+    generate_parser = subcommands.add_parser(
         "generate", help="write new songs with a trained run's decoder",
         description="Decode random latent vectors with a run's decoder into .npy, MIDI, PNG and WAV songs.",
     )
     add = generate_parser.add_argument
     add("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
-    add("--songs", type=int_between(1), default=DEFAULTS["songs"], help="songs to write (default: %(default)s)")
+    add("--songs", type=int_between(1), default=TrainConfig.songs, help="songs to write (default: %(default)s)")
     add(
         "--seed", type=int_between(0), default=None,
         help="seed of the latent vectors; the same seed gives the same songs (default: a new one, printed)",
     )
     add("--output-dir", help="folder for npy/, midi/, img/ and wav/ (default: RUN_DIR/generated)")
     add_song_options(generate_parser)
-    generate_parser.set_defaults(run_command=generate, audio=True)
 
-    evaluate_parser = commands.add_parser(
+    evaluate_parser = subcommands.add_parser(
         "evaluate",
         help="judge a run's songs and model against the data",
         description="Compare a run's generated songs with the data (music features, their overlap, diversity) "
@@ -253,11 +88,10 @@ def parse_args(argv=None):
         "--samples", type=int_between(1), default=EVALUATION_SAMPLES,
         help="data and held-out samples used at most, drawn at random (default: %(default)s)",
     )
-    evaluate_parser.set_defaults(run_command=evaluate, audio=False, output_dir=None)
 
     def latent_parser(name, help, description, output, measure=1):
         """A command that places MIDI files in a run's latent space, with its shared options."""
-        latent = commands.add_parser(name, help=help, description=description)
+        latent = subcommands.add_parser(name, help=help, description=description)
         latent.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
         first = "the file's first sample, as data_loader.py cuts it" if measure is None else measure
         latent.add_argument(
@@ -273,7 +107,6 @@ def parse_args(argv=None):
         "mean as NAME.npy.", "RUN_DIR/encoded",
     )
     encode_parser.add_argument("midi", nargs="+", metavar="SONG.mid", help="MIDI files")
-    encode_parser.set_defaults(run_command=encode_command)
     reconstruct_parser = latent_parser(
         "reconstruct", "rebuild MIDI files with a run's model, and say how much of each it keeps",
         "Encode 16 measures of each MIDI file with a run's encoder and decode its latent mean; write the measures "
@@ -282,7 +115,6 @@ def parse_args(argv=None):
     )
     reconstruct_parser.add_argument("midi", nargs="+", metavar="SONG.mid", help="MIDI files")
     add_song_options(reconstruct_parser)
-    reconstruct_parser.set_defaults(run_command=reconstruct_command, audio=True)
     interpolate_parser = latent_parser(
         "interpolate", "write songs along the path between two MIDI files",
         "Decode points along the great circle between the latent means of two MIDI files (as MusicVAE "
@@ -295,7 +127,6 @@ def parse_args(argv=None):
         help="songs along the path, ends included (default: %(default)s)",
     )
     add_song_options(interpolate_parser)
-    interpolate_parser.set_defaults(run_command=interpolate_command, audio=True)
     variations_parser = latent_parser(
         "variations", "write songs around a MIDI file",
         "Decode latent vectors drawn around a MIDI file's latent mean into songs variation_songNN.",
@@ -313,8 +144,7 @@ def parse_args(argv=None):
         "--seed", type=int_between(0), default=None, help="seed of the variations (default: a new one, printed)"
     )
     add_song_options(variations_parser)
-    variations_parser.set_defaults(run_command=variations_command, audio=True)
-    explore_parser = commands.add_parser(
+    explore_parser = subcommands.add_parser(
         "explore", help="move through a run's songs with sliders in the browser",
         description="Serve a page where sliders move a song along the principal components of the encoded "
         "training songs; it draws and plays the song, and opens and saves MIDI files.",
@@ -328,53 +158,13 @@ def parse_args(argv=None):
     explore_parser.add_argument(
         "--sliders", type=int_between(1, 120), default=SLIDERS, help="principal components shown (default: %(default)s)"
     )
-    explore_parser.set_defaults(run_command=explore_command, audio=False, output_dir=None)
     return parser.parse_args(argv)
-
-
-def add_song_options(parser, defaults=None):
-    """The options of how songs are made and written, shared by train and generate; all
-    default to None, their defaults (``defaults``, else the run's) said in the help."""
-
-    def add(flag, help, **kwargs):
-        default = defaults[flag[2:].replace("-", "_")] if defaults else "the run's"
-        default = "none" if default is None else default
-        parser.add_argument(flag, default=None, help=f"{help} (default: {default})", **kwargs)
-
-    add(
-        "--sample-from", "draw the songs' latent vectors from the prior N(0, I), or from a Gaussian fitted to the "
-        "encoded training songs after every epoch", choices=("prior", "data"),
-    )
-    add("--temperature", "scale of the songs' distance from the density's mean", type=positive_float)
-    add(
-        "--note-rule", "which cells are notes: each song's strongest, as many as the average training sample has "
-        "(per-song); those above one threshold for all songs, calibrated so that songs have that many on average "
-        "(calibrated); or each measure's strongest, as many as its values sum to: the notes the decoder expects there "
-        "(expected)",
-        choices=("per-song", "calibrated", "expected"),
-    )
-    add(
-        "--threshold", "notes are the cells at or above this value, in place of --note-rule", type=probability,
-    )
-    add(
-        "--max-pitches-per-step", "only the strongest this many pitches of a step can be notes; 0: no cap",
-        type=int_between(0, PITCHES),
-    )
-    add("--bpm", "tempo of the MIDI files in quarter notes per minute", type=positive_float)
-    parser.add_argument(
-        "--audio", action=argparse.BooleanOptionalAction, default=None,
-        help="render every song as a WAV file too, with FluidSynth where installed, else with sine waves (default: on)",
-    )
-    parser.add_argument(
-        "--soundfont", metavar="SF2",
-        help="SoundFont for FluidSynth (default: the General MIDI one installed, e.g. Debian's fluid-soundfont-gm)",
-    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return args.run_command(args)
+        return run_command(args)
     except UsageError as error:
         print(f"music_generator.py: error: {error}", file=sys.stderr)
         return 2
@@ -393,6 +183,30 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 1
+
+
+def run_command(args):
+    """Call the command that ``args`` (parsed) names, with its arguments. Returns the exit code."""
+    if args.command == "train":
+        return train(given_options(args), resume=args.resume)
+    if args.command == "evaluate":
+        return commands.evaluate(args.run, args.data, args.validation, args.songs, args.samples)
+    if args.command == "encode":
+        return commands.encode(args.run, args.midi, args.measure, args.output_dir)
+    if args.command == "explore":
+        return commands.explore(args.run, args.host, args.port, args.sliders)
+    writing = dict(
+        output_dir=args.output_dir,
+        song_options={name: getattr(args, name) for name in song_options()},
+        synthesizer=song_synthesizer(args.audio is not False, args.soundfont),
+    )
+    if args.command == "generate":
+        return commands.generate(args.run, args.songs, args.seed, **writing)
+    if args.command == "reconstruct":
+        return commands.reconstruct(args.run, args.midi, args.measure, **writing)
+    if args.command == "interpolate":
+        return commands.interpolate(args.run, args.start, args.end, args.steps, args.measure, **writing)
+    return commands.variations(args.run, args.midi, args.songs, args.spread, args.seed, args.measure, **writing)
 
 
 def is_out_of_memory(error):

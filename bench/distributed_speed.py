@@ -59,10 +59,9 @@ from train_speed import SHAPE, NOTES_PER_SAMPLE, StepTimer, write_samples  # noq
 
 from music_vae.dataset import SongFiles  # noqa: E402
 from music_vae.distribute import choose_devices, undistributed  # noqa: E402
-from music_vae.model import (  # noqa: E402
-    PRECISIONS, FusedAdam, ModelConfig, build_vae, default_jit, fastest, keras, ops, peak_flops,
-    training_flops_per_sample,
-)
+from music_vae.backend import keras, ops  # noqa: E402
+from music_vae.model import PRECISIONS, FusedAdam, ModelConfig, build_vae, default_jit  # noqa: E402
+from music_vae.peak_speed import fastest, peak_flops, training_flops_per_sample  # noqa: E402
 from music_vae.run_folder import environment  # noqa: E402
 
 

@@ -20,10 +20,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from music_vae.explore import PrincipalComponents, run_explorer  # noqa: E402
+from music_vae.commands import run_explorer  # noqa: E402
 from music_vae.explore_server import SLIDER_RANGE, SLIDERS, Explorer  # noqa: E402
 from music_vae.latent import LatentDensity  # noqa: E402
-from music_vae.model import ModelConfig, build_vae, keras, precision  # noqa: E402
+from music_vae.latent_space import PrincipalComponents  # noqa: E402
+from music_vae.backend import keras  # noqa: E402
+from music_vae.model import ModelConfig, build_vae, precision  # noqa: E402
 from music_vae.samples import DataSettings  # noqa: E402
 from music_vae.songs import NoteRule, decode  # noqa: E402
 
@@ -37,10 +39,9 @@ def main():
     parser.add_argument("--moves", type=int, default=30, help="slider moves timed")
     args = parser.parse_args()
     if args.run:
-        from music_vae.run_songs import RunSongs
+        from music_vae.trained_run import TrainedRun
 
-        songs = RunSongs(argparse.Namespace(run=args.run, output_dir=None, audio=False))
-        explorers = {args.run.name: run_explorer(songs, SLIDERS)}
+        explorers = {args.run.name: run_explorer(TrainedRun(args.run), SLIDERS)}
     else:
         explorers = {name: untrained(name) for name in ("float32", "bfloat16")}
     rng = np.random.default_rng(0)

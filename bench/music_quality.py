@@ -56,12 +56,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_data, read_sample  # noqa: E402
+from music_vae.config import TrainConfig, given_options, song_options as song_option_names  # noqa: E402
 from music_vae.evaluation import evaluate_songs, originality  # noqa: E402
-from music_vae.model import keras  # noqa: E402
+from music_vae.backend import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, code_version, data_settings, environment  # noqa: E402
 from music_vae.samples import PITCHES  # noqa: E402
 from music_vae.songs import song_source  # noqa: E402
-from music_vae.settings import DEFAULTS, SONG_OPTIONS, run_parameters, with_defaults  # noqa: E402
 
 import music_generator  # noqa: E402
 
@@ -101,7 +101,7 @@ CONFIGS = {
 # Options that do not change what a run's model learns: runs that differ in them only are alike.
 NOT_LEARNT = {
     "run_name", "run_info", "output_dir", "preset", "cache", "jit", "log_every", "songs_per_epoch", "songs", "bpm",
-    "audio", "soundfont", *SONG_OPTIONS,
+    "audio", "soundfont", *song_option_names(),
 }
 SONG_SEED = 1  # of the judged songs' noise, as train's final songs
 COPY_MARGIN = 0.01  # the songs may replay as many measures as the split's own songs do, and this share more
@@ -174,7 +174,7 @@ def judge_config(name, flags, samples, data, held_out, epochs, args, trained):
         "--validation-split", str(VALIDATION_SPLIT), "--test-split", str(TEST_SPLIT),
         "--run-info", f"music_quality bench: {shlex.join(flags)}", *flags,  # a configuration's own --epochs wins
     ]
-    settings = vars(with_defaults(music_generator.parse_args(command)))
+    settings = TrainConfig.new(given_options(music_generator.parse_args(command))).parameters()
     alike = json.dumps(learnt(settings), sort_keys=True)  # runs trained so learn the same
     if alike not in trained:
         trained[alike] = train_run(name, command, learnt(settings), args)
@@ -182,7 +182,7 @@ def judge_config(name, flags, samples, data, held_out, epochs, args, trained):
     if run is None:
         return {"flags": flags, "error": "train failed"}
     # All of them, not only those given: the run may have been trained with other ones.
-    song_options = {key: settings[key] for key in SONG_OPTIONS if settings[key] is not None}
+    song_options = {key: settings[key] for key in song_option_names() if settings[key] is not None}
     folder = args.work / "songs" / name
     shutil.rmtree(folder, ignore_errors=True)
     command = [
@@ -194,10 +194,11 @@ def judge_config(name, flags, samples, data, held_out, epochs, args, trained):
         print(f"{name}: generate failed: {generated.stderr.strip().splitlines()[-1:]}")
         return {"flags": flags, "error": "generate failed"}
     state = run.load_state()
-    parameters = {**run_parameters(state), **song_options}
+    config = TrainConfig.of_run(state["parameters"]).with_song_options(song_options)
+    parameters = config.parameters()
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
-    _, rule = song_source(run, parameters, state["data"]["mean_notes"], decoder, fit=None)  # generate fitted it
+    _, rule = song_source(run, config, state["data"]["mean_notes"], decoder, fit=None)  # generate fitted it
     evaluation = evaluate_songs(
         encoder, decoder, sorted((folder / "midi").glob("*.mid")), data_paths=held_out, held_out=held_out,
         training=data.training, rule=rule, settings=data_settings(state), samples=len(held_out), seed=SEED,
@@ -230,7 +231,8 @@ def train_run(name, command, settings, args):
     for state_file in sorted((args.work / "runs").glob("*/state.json"), reverse=True):
         state = json.loads(state_file.read_text())
         same_code = state.get("environment", {}).get("music_vae") == code_version()
-        if state["status"] == "finished" and same_code and learnt(run_parameters(state)) == settings:
+        parameters = TrainConfig.of_run(state["parameters"]).parameters()
+        if state["status"] == "finished" and same_code and learnt(parameters) == settings:
             print(f"{name}: trained alike before: {state_file.parent}", flush=True)
             return RunFolder.open(state_file.parent)
     logs = args.work / "logs"
@@ -261,7 +263,8 @@ def wall_minutes(sessions):
 
 def learnt(parameters):
     """Of a run's ``parameters``, those that change what its model learns."""
-    return {key: value for key, value in parameters.items() if key in DEFAULTS and key not in NOT_LEARNT}
+    options = TrainConfig.__dataclass_fields__
+    return {key: value for key, value in parameters.items() if key in options and key not in NOT_LEARNT}
 
 
 def flatten(song_options):

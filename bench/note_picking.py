@@ -14,6 +14,7 @@ songs. Prints a Markdown table.
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from music_vae import music_metrics  # noqa: E402
+from music_vae.config import TrainConfig  # noqa: E402
 from music_vae.dataset import read_data, read_sample  # noqa: E402
 from music_vae.evaluation import reconstruct  # noqa: E402
-from music_vae.model import keras  # noqa: E402
+from music_vae.backend import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, data_settings  # noqa: E402
 from music_vae.samples import PITCHES  # noqa: E402
-from music_vae.settings import run_parameters  # noqa: E402
 from music_vae.songs import NoteRule, decode, fitted_rule, fixed_noise  # noqa: E402
 
 FEATURES = ("pitch_class_entropy", "pitch_range", "polyphony", "top_line_leaps", "notes_per_measure_spread")
@@ -41,24 +42,23 @@ def main():
     args = parser.parse_args()
     run = RunFolder.open(args.run)
     state = run.load_state()
-    parameters = run_parameters(state)
+    config = TrainConfig.of_run(state["parameters"])
     settings = data_settings(state)
     data = read_data(
-        state["data"]["folder"], parameters["validation_split"], parameters["seed"], settings,
-        parameters["test_split"],
+        state["data"]["folder"], config.validation_split, config.seed, settings, config.test_split,
     )
     real = [read_sample(path) for path in getattr(data, args.split)]
     encoder = keras.saving.load_model(run.model / "encoder.keras")
     decoder = keras.saving.load_model(run.model / "decoder.keras")
     notes = state["data"]["mean_notes"]
-    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], fit=None)
-    noise = fixed_noise(args.songs, len(density.mean), parameters["seed"] + SONG_SEED)
-    values = decode(decoder, density.latents(noise, parameters["temperature"]))
+    density = run.latent_density(config.sample_from, decoder.input_shape[-1], fit=None)
+    noise = fixed_noise(args.songs, len(density.mean), config.seed + SONG_SEED)
+    values = decode(decoder, density.latents(noise, config.temperature))
 
     rules = {
         cap: fitted_rule(
-            NoteRule.of_run({**parameters, "max_pitches_per_step": cap, "threshold": None}, notes),
-            decoder, density, parameters["temperature"], parameters["seed"],
+            NoteRule.of_run(dataclasses.replace(config, max_pitches_per_step=cap, threshold=None), notes),
+            decoder, density, config.temperature, config.seed,
         )
         for cap in (2, 3, 4, 0)
     }
@@ -69,7 +69,7 @@ def main():
         picked = [(kept >= threshold).astype(np.uint8) for kept, threshold in map(rule.apply, values)]
         rebuilt_notes = np.stack([(kept >= threshold) for kept, threshold in map(rule.apply, rebuilt)])
         f1 = music_metrics.onset_scores(np.stack(real), rebuilt_notes.astype(np.uint8))["f1"]
-        rows.append((f"{parameters['note_rule']} rule, cap {cap or 'none'}", judged(picked, real, settings), f1))
+        rows.append((f"{config.note_rule} rule, cap {cap or 'none'}", judged(picked, real, settings), f1))
     rng = np.random.default_rng(0)
     probabilities = np.clip(values.astype(np.float64), 1e-7, 1 - 1e-7)
     for temperature in (1.0, 0.7):

@@ -34,8 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from music_vae.dataset import SongFiles  # noqa: E402
-from music_vae.model import PRECISIONS, FusedAdam, ModelConfig, build_vae, default_jit, keras, ops  # noqa: E402
-from music_vae.model import dense_products, fastest, peak_flops, training_flops_per_sample  # noqa: E402
+from music_vae.backend import keras, ops  # noqa: E402
+from music_vae.model import PRECISIONS, FusedAdam, ModelConfig, build_vae, default_jit  # noqa: E402
+from music_vae.peak_speed import dense_products, fastest, peak_flops, training_flops_per_sample  # noqa: E402
 from music_vae.run_folder import environment  # noqa: E402
 from music_vae.samples import MEASURE_SIZE, MEASURES_PER_SAMPLE  # noqa: E402
 

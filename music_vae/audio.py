@@ -144,12 +144,12 @@ def wav_writer(audio, sample_rate=AUDIO_SAMPLE_RATE):
     return write
 
 
-def song_synthesizer(args):
-    """The Synthesizer of the songs' WAV files (``--soundfont``, else the best one
-    installed), or None with ``--no-audio``. Raises UsageError for a bad SoundFont."""
-    if not args.audio:
+def song_synthesizer(audio=True, soundfont=None):
+    """The Synthesizer of the songs' WAV files (``soundfont``, else the best one installed),
+    or None where not ``audio``. Raises UsageError for a bad SoundFont."""
+    if not audio:
         return None
-    return Synthesizer(args.soundfont) if args.soundfont else Synthesizer.best()
+    return Synthesizer(soundfont) if soundfont else Synthesizer.best()
 
 
 def note_sine_waves(synthesizer):

@@ -17,7 +17,8 @@ from music_vae.distribute import undistributed
 from music_vae.evaluation import evaluation_scalars, reconstruction_scores
 from music_vae.files import quiet_stderr
 from music_vae.latent import LatentDensity, fit_density
-from music_vae.model import keras, kl_share, ops
+from music_vae.backend import keras, ops
+from music_vae.model import kl_share
 from music_vae.run_page import write_run_page
 from music_vae.songs import fitted_rule, write_songs
 
@@ -64,6 +65,30 @@ class Speedometer(keras.callbacks.Callback):
         return {"samples_per_s": samples_per_s, "mfu": samples_per_s * self.flops_per_sample / self.peak}
 
 
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, which knows whether it has left a line unfinished. Given to
+    ``fit`` before EpochEnd, it ends an epoch's line before EpochEnd says what it saved;
+    ``end_line`` ends a line that a stop left unfinished, before the stop is reported."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.line_open = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self.line_open = self.verbose == 1  # a bar drawn over and over on one line, ended at the epoch's end
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.line_open = False
+
+    def end_line(self):
+        if getattr(self, "line_open", False):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.line_open = False
+
+
 class EpochEnd(keras.callbacks.Callback):
     """After every epoch: stop on a non-finite loss (keeping the last good model), else
     save the models (and the latent density fitted to the training songs, where the songs
@@ -96,7 +121,7 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         losses = {name: float(value) for name, value in (logs or {}).items()}
-        if not finite(losses):
+        if not all_finite(losses):
             self.stopped = f"the loss became {losses.get('loss')} in epoch {epoch + 1}"
             self.model.stop_training = True
             return
@@ -137,8 +162,9 @@ class EpochEnd(keras.callbacks.Callback):
         gc.collect()
         notes = ", ".join(str(song.notes) for song in written)
         rebuilt = ", ".join(f"{key} {score:.3f}" for key, score in scores.items())
-        said = (f"; songs with {notes} notes" if written else "") + (f"; reconstruction {rebuilt}" if rebuilt else "")
-        print(f"epoch {epoch + 1}: model saved{said}")
+        details = f"; songs with {notes} notes" if written else ""
+        details += f"; reconstruction {rebuilt}" if rebuilt else ""
+        print(f"epoch {epoch + 1}: model saved{details}")
 
 
 class NonFiniteStop(keras.callbacks.Callback):
@@ -146,11 +172,11 @@ class NonFiniteStop(keras.callbacks.Callback):
     process that writes the run: the other processes of a run must stop with it."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if not finite(logs or {}):
+        if not all_finite(logs or {}):
             self.model.stop_training = True
 
 
-def finite(logs):
+def all_finite(logs):
     """Whether every number in ``logs`` (an epoch's losses and measures) is finite."""
     return all(math.isfinite(float(value)) for value in logs.values())
 

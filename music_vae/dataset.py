@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from music_vae.files import UsageError
-from music_vae.model import keras
+from music_vae.backend import keras
 from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings
 
 SEED = 0
@@ -78,8 +78,8 @@ class SongFiles(keras.utils.PyDataset):
 
     def _read_all(self):
         packed = np.empty((len(self.paths), *self.shape[:-1], self.shape[-1] // 8), np.uint8)
-        for number, path in enumerate(tqdm(self.paths, desc="caching samples", unit="sample", disable=None)):
-            packed[number] = np.packbits(self._load(path), axis=-1)
+        for index, path in enumerate(tqdm(self.paths, desc="caching samples", unit="sample", disable=None)):
+            packed[index] = np.packbits(self._load(path), axis=-1)
         return packed
 
     def _order(self):
@@ -104,12 +104,12 @@ class SongFiles(keras.utils.PyDataset):
         places = range(process * share, (process + 1) * share)
         return np.stack([self._song(batch[place], starts[place], shifts[place]) for place in places])
 
-    def _song(self, number, start=0, shift=0.0):
-        """Sample ``number`` (bit-packed where cached), from its measure ``start`` on, running
+    def _song(self, index, start=0, shift=0.0):
+        """Sample ``index`` (bit-packed where cached), from its measure ``start`` on, running
         on into the sample that follows it (where one does), and transposed by the share
         ``shift`` (0 to 1) of the range it can move (see transposed)."""
-        song = self.packed[number] if self.packed is not None else self._load(self.paths[number])
-        after = self.following[number] if start else -1
+        song = self.packed[index] if self.packed is not None else self._load(self.paths[index])
+        after = self.following[index] if start else -1
         if after >= 0:
             then = self.packed[after] if self.packed is not None else self._load(self.paths[after])
             song = np.concatenate([song[start:], then[:start]])
@@ -369,11 +369,11 @@ def split_samples(paths, validation_split, seed, data_dir, test_split=0.0):
     held_out = []
     for share in (validation_split, test_split):
         split, wanted = [], round(share * len(paths))
-        for number in order:
+        for index in order:
             if len(split) >= wanted:  # this song starts the next split
-                order = itertools.chain([number], order)
+                order = itertools.chain([index], order)
                 break
-            split.extend(groups[number])
+            split.extend(groups[index])
         held_out.append(split)
     chosen = {path for split in held_out for path in split}
     return [path for path in paths if path not in chosen], *held_out
@@ -398,11 +398,11 @@ def following_samples(paths, data_dir, measures):
     ``measures`` measures come right after its own, or -1 (the file's last sample, one
     before a stretch without notes, or a folder without ``index.csv``)."""
     index = read_index(data_dir)
-    number_of = {index[path.name]: number for number, path in enumerate(paths) if path.name in index}
+    position_of = {index[path.name]: position for position, path in enumerate(paths) if path.name in index}
     following = []
     for path in paths:
         source, first_measure = index.get(path.name, (None, 0))
-        following.append(number_of.get((source, first_measure + measures), -1))
+        following.append(position_of.get((source, first_measure + measures), -1))
     return following
 
 

@@ -23,7 +23,7 @@ import dataclasses
 import os
 
 from music_vae.files import UsageError
-from music_vae.model import keras
+from music_vae.backend import keras
 
 # What keras.distribution.initialize reads: the coordinator's address ("host:port"; or every
 # process's, comma-separated), the number of processes, and this one's id, from 0.

@@ -16,7 +16,7 @@ from music_vae import music_metrics
 from music_vae.dataset import SEED, measure_places, read_sample, subset
 from music_vae.files import UsageError, atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.latent import ENCODE_BATCH, encode
-from music_vae.model import ops
+from music_vae.backend import ops
 from music_vae.samples import SkipFile, midi_to_song
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed
@@ -178,9 +178,9 @@ def originality(generated, held_out_songs, training, data_folder=None):
     songs = {
         name: {
             "measures": int(np.count_nonzero(np.isfinite(measures))), "copied": int(np.count_nonzero(measures == 1)),
-            "phrase_copy": number in phrases,
+            "phrase_copy": position in phrases,
         }
-        for number, (name, measures) in enumerate(zip(generated, copied))
+        for position, (name, measures) in enumerate(zip(generated, copied))
     }
     theirs = copies[copies[:, 0] >= ours] - [ours, 0, 0, 0]
     return {
@@ -197,8 +197,8 @@ def evaluation_image(results):
     columns = 4
     rows = len(music_metrics.FEATURES) // columns + 1  # and the KL
     figure = Figure(figsize=(16, 3.5 * rows), dpi=100)
-    for number, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
-        axes = figure.add_subplot(rows, columns, number)
+    for position, (feature, (label, _)) in enumerate(music_metrics.FEATURES.items(), start=1):
+        axes = figure.add_subplot(rows, columns, position)
         real = np.array(results["data_features"][feature], np.float64)
         ours = np.array([values[feature] for values in results["songs"].values()], np.float64)
         real, ours = real[np.isfinite(real)], ours[np.isfinite(ours)]
@@ -210,7 +210,7 @@ def evaluation_image(results):
             f"{label}\noverlap {overlap:.2f}" if overlap is not None else f"{label}\noverlap: no values", fontsize=10
         )
         axes.set_yticks([])
-        if number == 1:
+        if position == 1:
             axes.legend(fontsize=8)
     axes = figure.add_subplot(rows, columns, rows * columns)
     latent = results["latent"]
@@ -236,19 +236,19 @@ def histogram_edges(values, bins=20):
 def write_evaluation(folder, results):
     """``folder/evaluation.json`` (everything but the data's per-song values) and
     ``evaluation.png``; returns (the JSON's content, the picture)."""
-    saved = finite({key: value for key, value in results.items() if key != "data_features"})
+    saved = json_safe({key: value for key, value in results.items() if key != "data_features"})
     image = evaluation_image(results)
     atomic_write(Path(folder) / "evaluation.json", text_writer(json.dumps(saved, indent=1, allow_nan=False)))
     atomic_write(Path(folder) / "evaluation.png", png_writer(image))
     return saved, image
 
 
-def finite(value):
+def json_safe(value):
     """``value`` with NaN (a feature a silent song has none of) as None: JSON has no NaN."""
     if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [finite(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -173,7 +173,7 @@ def int_between(low, high=None):
 positive_int = int_between(1)
 
 
-def number(text):
+def any_float(text):
     """An argparse type: any number; the types below add their bounds."""
     try:
         return float(text)
@@ -183,7 +183,7 @@ def number(text):
 
 def positive_float(text):
     """An argparse type: a finite number above 0."""
-    value = number(text)
+    value = any_float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
     return value
@@ -191,15 +191,15 @@ def positive_float(text):
 
 def non_negative_float(text):
     """An argparse type: a finite number of 0 or more."""
-    value = number(text)
+    value = any_float(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
-def share(text):
-    """An argparse type: a number from 0 up to, not including, 1."""
-    value = number(text)
+def fraction(text):
+    """An argparse type: a number from 0 up to, not including, 1 (a share of the songs)."""
+    value = any_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
     return value
@@ -207,7 +207,7 @@ def share(text):
 
 def probability(text):
     """An argparse type: a number above 0, up to 1."""
-    value = number(text)
+    value = any_float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
     return value

@@ -151,7 +151,7 @@ def replayed_measures(songs, training, block=8192):
     judged_measures = sparse.csr_matrix(flat[judged])
     queries = sparse.vstack([transposed_measures(judged_measures, shift) for shift in shifts], format="csr")
     query_sizes = np.diff(queries.indptr)
-    share = COPY_SHARE
+    jaccard = COPY_SHARE  # the least Jaccard index of a copy, a Fraction
     counts = prefixes = None
     copies = []
     for chunk, places in training:
@@ -165,7 +165,7 @@ def replayed_measures(songs, training, block=8192):
             candidates = (prefixes[start : start + block] @ chunk_prefixes).tocoo()
             rows, columns = start + candidates.row, candidates.col
             shared = np.asarray(queries[rows].multiply(chunk[columns]).sum(axis=1)).ravel().astype(np.int64)
-            hits = shared * share.denominator >= share.numerator * (query_sizes[rows] + sizes[columns] - shared)
+            hits = shared * jaccard.denominator >= jaccard.numerator * (query_sizes[rows] + sizes[columns] - shared)
             rows, columns = rows[hits], columns[hits]
             measure = judged[rows % len(judged)]
             found = (measure // measures, measure % measures, -shifts[rows // len(judged)], places[columns])
@@ -181,12 +181,12 @@ def rarest_cells(measures, counts):
     """Of every row of ``measures`` (a sparse 0/1 matrix), its rarest cells by ``counts``
     (9216,), as many as a measure that shares COPY_JACCARD of its cells must share one of:
     |A| - ceil(COPY_JACCARD |A|) + 1. A sparse matrix of ``measures``' shape."""
-    share = COPY_SHARE
+    jaccard = COPY_SHARE  # the least Jaccard index of a copy, a Fraction
     coordinates = measures.tocoo()
     order = np.lexsort((counts[coordinates.col], coordinates.row))  # by row, then the rarest first
     rows, cells = coordinates.row[order], coordinates.col[order]
     sizes = np.diff(measures.indptr)
-    shared = -(-sizes * share.numerator // share.denominator)  # ceil(COPY_JACCARD |A|), in whole cells
+    shared = -(-sizes * jaccard.numerator // jaccard.denominator)  # ceil(COPY_JACCARD |A|), in whole cells
     needed = sizes - shared + 1
     position = np.arange(len(rows)) - np.repeat(measures.indptr[:-1], sizes)
     kept = position < needed[rows]

@@ -12,11 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from music_vae.config import grouped_parameters
 from music_vae.distribute import listed_devices
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
 from music_vae.latent import DENSITY_FILE, LatentDensity
-from music_vae.model import keras
+from music_vae.backend import keras
 from music_vae.samples import PITCHES, DataSettings
 
 try:
@@ -201,7 +202,8 @@ def info_text(state):
             f"Session:  {session['started']} to {session.get('ended') or 'now'}, from epoch {session['from_epoch']}"
         ]
     lines += ["", "Parameters"]
-    lines += [f"  --{key.replace('_', '-'):22} {value}" for key, value in sorted(state["parameters"].items())]
+    for group, options in grouped_parameters(state["parameters"]):
+        lines += [f"  {group}:"] + [f"  {flag:24} {value}" for flag, value in options]
     data, model, speed = state["data"], state["model"], state["speed"]
     lines += [
         "",
@@ -275,11 +277,11 @@ def split_text(data):
     return f"{data['training']} for training, {data['validation']} for validation{test}"
 
 
-# The modules that only judge, show or play a run's songs: they do not change what it learns.
-# settings.py decides only a run's parameters, which are compared apart.
+# The modules that only judge, show or play a run's songs, or time the machine: they do not
+# change what it learns. config.py decides only a run's parameters, which are compared apart.
 NOT_TRAINING_CODE = (
-    "audio.py", "evaluation.py", "explore.py", "explore_server.py", "music_metrics.py", "run_page.py", "run_songs.py",
-    "settings.py",
+    "audio.py", "commands.py", "config.py", "evaluation.py", "explore_server.py", "latent_space.py", "music_metrics.py",
+    "peak_speed.py", "run_page.py", "trained_run.py",
 )
 
 

@@ -11,16 +11,11 @@ from urllib.parse import quote
 
 import jinja2
 
+from music_vae.config import page_options
 from music_vae.evaluation import feature_rows, summary_rows
 from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.run_folder import devices_text, loss_columns, now, split_text
 
-# The parameters shown at the top of the page; the info file has all of them.
-PAGE_PARAMETERS = (
-    "data", "preset", "epochs", "batch_size", "lr", "kl_weight", "free_bits", "reconstruction", "pitch_step_terms",
-    "transpose", "random_start", "precision", "latent", "seed", "sample_from", "note_rule", "max_pitches_per_step",
-    "threshold", "bpm",
-)
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True,
 )
@@ -45,7 +40,7 @@ def run_page(run, state, evaluation=None):
         ("run folder", run.path.name),
         ("status", f"{state['status']}, {state['epochs_done']} of {parameters['epochs']} epochs done"),
     ]
-    shown = [key for key in PAGE_PARAMETERS if parameters.get(key) is not None]  # no "--threshold None"
+    shown = [key for key in page_options() if parameters.get(key) is not None]  # no "--threshold None"
     rows += [(f"--{key.replace('_', '-')}", parameters[key]) for key in shown]
     if "model" in state:
         rows.append(("parameters of the model", f"{state['model']['parameters']:,}"))

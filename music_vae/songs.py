@@ -10,7 +10,7 @@ import numpy as np
 
 from music_vae.audio import wav_writer
 from music_vae.files import atomic_write, figure_pixels, npy_writer, png_writer
-from music_vae.model import ops
+from music_vae.backend import ops
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, piano_roll, seconds_per_step, song_seconds, song_to_midi
 
 MIN_THRESHOLD = 1e-6  # a note needs at least this value, even among the strongest cells
@@ -51,12 +51,9 @@ class NoteRule:
     count_scale: float = 1.0
 
     @classmethod
-    def of_run(cls, parameters, notes):
-        """The rule of a run's ``parameters`` (train's options), for ``notes`` notes a song."""
-        return cls(
-            parameters["threshold"], notes, method=parameters["note_rule"],
-            max_pitches_per_step=parameters["max_pitches_per_step"],
-        )
+    def of_run(cls, config, notes):
+        """The rule of a run's ``config`` (its TrainConfig), for ``notes`` notes a song."""
+        return cls(config.threshold, notes, method=config.note_rule, max_pitches_per_step=config.max_pitches_per_step)
 
     def apply(self, song):
         """(``song`` with the cells that are not notes set to 0, the threshold its notes pass)."""
@@ -156,13 +153,13 @@ def fixed_noise(count, latent, seed):
     return np.random.default_rng(seed).standard_normal((count, latent)).astype(np.float32)
 
 
-def song_source(run, parameters, notes, decoder, fit):
-    """Where the songs of ``run`` (a RunFolder) with ``parameters`` (train's options) come
+def song_source(run, config, notes, decoder, fit):
+    """Where the songs of ``run`` (a RunFolder) with ``config`` (its TrainConfig) come
     from, and which of their cells are notes, for ``notes`` notes a song: (LatentDensity,
     NoteRule). ``fit()`` fits the density where the run has none yet."""
-    density = run.latent_density(parameters["sample_from"], decoder.input_shape[-1], fit)
-    rule = NoteRule.of_run(parameters, notes)
-    return density, fitted_rule(rule, decoder, density, parameters["temperature"], parameters["seed"])
+    density = run.latent_density(config.sample_from, decoder.input_shape[-1], fit)
+    rule = NoteRule.of_run(config, notes)
+    return density, fitted_rule(rule, decoder, density, config.temperature, config.seed)
 
 
 def fitted_rule(rule, decoder, density, temperature, seed):

@@ -8,78 +8,83 @@ songs are written and judged. Ctrl-C, a kill, a crash or a full disk leave a run
 ``--resume`` continues as if it had not stopped (see RunFolder.recover).
 """
 
-import argparse
 import contextlib
 import dataclasses
 import math
 import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
-from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, NonFiniteStop, Speedometer, TensorBoardLog
+from music_vae.backend import keras
+from music_vae.callbacks import (
+    CtrlC, EpochEnd, KLSchedule, NonFiniteStop, ProgressBar, Speedometer, TensorBoardLog,
+)
+from music_vae.config import TrainConfig
 from music_vae.dataset import EpochOrder, SongFiles, cache_fits, following_samples, read_data, read_sample, subset
 from music_vae.distribute import LocalCopy, Processes, choose_devices, undistributed
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
 from music_vae.files import UsageError, quiet_stderr
 from music_vae.latent import fit_density
-from music_vae.model import (
-    FusedAdam, ModelConfig, build_vae, default_jit, keras, peak_flops, precision, training_flops_per_sample,
-)
-from music_vae.settings import CHANGEABLE_ON_RESUME, DEFAULTS, THIS_MACHINE, run_parameters, with_defaults
+from music_vae.model import FusedAdam, build_vae, default_jit, precision
+from music_vae.peak_speed import peak_flops, training_flops_per_sample
 from music_vae.run_folder import RunFolder, data_settings, environment, now
 from music_vae.run_page import write_run_page
 from music_vae.songs import NoteRule, SongStyle, fitted_rule, fixed_noise, write_songs
 
 REBUILT_SONGS = 64  # training songs, and as many validation songs, reconstructed after every epoch
 
-def train(args):
-    """The train command: a new run, or ``--resume`` of a stopped one. Returns the exit code.
-    Where several processes train a run (distribute.py), each calls it; the first alone
-    writes the run folder, the others only train."""
+
+def train(given, resume=None):
+    """The train command: a new run with the options ``given`` (a dict of TrainConfig's
+    fields; None: not given), or, where ``resume`` names a stopped run's folder, that run
+    continued. Returns the exit code. Where several processes train a run
+    (distribute.py), each calls it; the first alone writes the run folder, the others
+    only train."""
     processes = Processes.of_environment()
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as cleanup:
         run = state = None
-        if args.resume:
-            run = RunFolder.open(args.resume, trained=False)
+        if resume:
+            run = RunFolder.open(resume, trained=False)
             if processes.writes:
-                held.enter_context(run.training())  # before its state is read: no other process changes it now
+                cleanup.enter_context(run.training())  # before its state is read: no other process changes it now
             state = run.load_state()
-            args = resumed_args(run, state, args, notes=processes.writes)
+            config = resumed_config(run, state, given, notes=processes.writes)
             if processes.writes:
                 run.recover(state["epochs_done"])
         else:
-            args = new_run_args(args)
-        held.enter_context(precision(args.precision))
+            config = new_config(given)
+        cleanup.enter_context(precision(config.precision))
         with quiet_stderr():  # Keras seeds TensorFlow too where it is installed, which logs lines as it starts
-            keras.utils.set_random_seed(args.seed)
-        devices = choose_devices(args.distribute, args.devices, processes)  # joins the processes, before computing
-        held.callback(keras.distribution.set_distribution, None)
-        check_batches(args.batch_size, devices.count)
+            keras.utils.set_random_seed(config.seed)
+        devices = choose_devices(config.distribute, config.devices, processes)  # joins the processes, before computing
+        cleanup.callback(keras.distribution.set_distribution, None)
+        check_batches(config.batch_size, devices.count)
         processes.wait_for_all("recovered")  # the others load the model that the first has put back
-        synthesizer = song_synthesizer(args) if processes.writes else None
+        synthesizer = song_synthesizer(config.audio, config.soundfont) if processes.writes else None
         data = read_data(
-            args.data, args.validation_split, args.seed, data_settings(state) if state else None, args.test_split
+            config.data, config.validation_split, config.seed, data_settings(state) if state else None,
+            config.test_split,
         )
         if len(data.training) < devices.count:
             raise UsageError(f"{len(data.training)} training samples cannot be spread over {devices.count} devices")
-        jit = default_jit() if args.jit is None else args.jit
+        jit = default_jit() if config.jit is None else config.jit
         with devices.scope():
-            vae = model_to_train(run, state, args, data, jit)
+            vae = model_to_train(run, state, config, data, jit)
         devices.prepare(vae)
-        cache = args.cache and cache_fits(len(data.training) + len(data.validation), data.settings.shape)
-        if args.cache and not cache:
+        cache = config.cache and cache_fits(len(data.training) + len(data.validation), data.settings.shape)
+        if config.cache and not cache:
             note = "the samples would take more than half of this machine's memory; reading them from disk"
             print(f"note: --cache: {note}", file=sys.stderr)
-        training, validation = song_batches(args, data, cache, devices)
-        kl_schedule = KLSchedule(args.kl_warmup, args.kl_cycle) if args.kl_warmup or args.kl_cycle else None
+        training, validation = song_batches(config, data, cache, devices)
+        kl_schedule = KLSchedule(config.kl_warmup, config.kl_cycle) if config.kl_warmup or config.kl_cycle else None
         if not processes.writes:
-            return train_along(vae, training, validation, args, state["epochs_done"] if state else 0, kl_schedule)
+            return train_along(vae, training, validation, config, state["epochs_done"] if state else 0, kl_schedule)
         flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
 
         if run is None:  # made only now, so that a stop while the model and the data get ready leaves no folder
-            run = RunFolder.create(args.output_dir, args.run_name)
-            held.enter_context(run.training())
-            held.callback(run.remove_unless_saved)
-            state = new_state(run, args)
+            run = RunFolder.create(config.output_dir, config.run_name)
+            cleanup.enter_context(run.training())
+            cleanup.callback(run.remove_unless_saved)
+            state = new_state(run, config)
         state.update(
             data=data.summary(),
             model={
@@ -95,37 +100,40 @@ def train(args):
         state["sessions"].append({"started": now(), "from_epoch": state["epochs_done"]})
         run.save(state)
 
-        rule = NoteRule.of_run(vars(args), data.mean_notes)
-        style = SongStyle(rule, args.bpm, data.settings.lowest_pitch, synthesizer)
-        tensorboard = TensorBoardLog.create(run.logs, args.log_every, first_batch=state["epochs_done"] * len(training))
+        rule = NoteRule.of_run(config, data.mean_notes)
+        style = SongStyle(rule, config.bpm, data.settings.lowest_pitch, synthesizer)
+        first_batch = state["epochs_done"] * len(training)
+        tensorboard = TensorBoardLog.create(run.logs, config.log_every, first_batch=first_batch)
         models = LocalCopy(vae, processes)
         epoch_end = EpochEnd(
-            run, state, fixed_noise(args.songs_per_epoch, args.latent, args.seed), style, tensorboard,
-            density_paths=data.training if args.sample_from == "data" else None, temperature=args.temperature,
-            seed=args.seed, models=models, rebuilt=rebuilt_songs(data, args.seed),
+            run, state, fixed_noise(config.songs_per_epoch, config.latent, config.seed), style, tensorboard,
+            density_paths=data.training if config.sample_from == "data" else None, temperature=config.temperature,
+            seed=config.seed, models=models, rebuilt=rebuilt_songs(data, config.seed),
         )
-        speedometer = Speedometer(len(data.training), args.batch_size, flops, peak * devices.count)
+        speedometer = Speedometer(len(data.training), config.batch_size, flops, peak * devices.count)
+        progress = ProgressBar()  # after the Speedometer, whose figures it shows; before EpochEnd, which speaks
         callbacks = [
-            EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, speedometer, tensorboard, epoch_end,
+            EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, speedometer, progress, tensorboard,
+            epoch_end,
         ]
-        if state["epochs_done"] < args.epochs:
-            epochs = f"epochs {state['epochs_done'] + 1}-{args.epochs}"
+        if state["epochs_done"] < config.epochs:
+            epochs = f"epochs {state['epochs_done'] + 1}-{config.epochs}"
         else:
-            epochs = f"its {args.epochs} epochs are done: the final songs and the evaluation follow"
+            epochs = f"its {config.epochs} epochs are done: the final songs and the evaluation follow"
         print(
             f"Run {run.path}: {len(data.training)} training, {len(data.validation)} validation and "
             f"{len(data.test)} test samples, "
             f"{state['model']['parameters']:,} parameters, {epochs}; "
-            f"{args.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
+            f"{config.precision}{', XLA' if jit else ''}{', cached' if cache else ''}, peak {peak / 1e9:,.0f} GFLOP/s"
         )
         note_sine_waves(synthesizer)
         try:
-            if state["epochs_done"] < args.epochs:
+            if state["epochs_done"] < config.epochs:
                 with CtrlC() as ctrl_c:
                     vae.fit(
                         training,
                         validation_data=validation,
-                        epochs=args.epochs,
+                        epochs=config.epochs,
                         initial_epoch=state["epochs_done"],
                         # SongFiles shuffles, from the seed and the epoch; Keras' own shuffle of
                         # the batches draws from Python's global random state, which a resumed
@@ -145,16 +153,18 @@ def train(args):
                 )
                 return 1
             with undistributed():
-                written = final_songs(run, state, models.update(), args, data, style, tensorboard)
+                written = final_songs(run, state, models.update(), config, data, style, tensorboard)
         except KeyboardInterrupt:
+            progress.end_line()
             finish(run, state, f"interrupted after epoch {state['epochs_done']}")
             resume = f"python music_generator.py train --resume {run.path}"
-            if state["epochs_done"] < args.epochs:
+            if state["epochs_done"] < config.epochs:
                 print(f"Interrupted. Continue with: {resume}", file=sys.stderr)
             else:
                 print(f"Interrupted before the final songs and evaluation; write them with: {resume}", file=sys.stderr)
             return 130
         except Exception as error:
+            progress.end_line()
             with contextlib.suppress(OSError):  # with a full disk, even this may fail
                 finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
             if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
@@ -164,26 +174,27 @@ def train(args):
             raise
         finish(run, state, "finished")
     print(f"Done: {run.path}")
-    print(f"  songs:       {run.generated / 'midi'} ({len(written)} final songs, and {args.songs_per_epoch} per epoch)")
+    songs = f"{len(written)} final songs, and {config.songs_per_epoch} per epoch"
+    print(f"  songs:       {run.generated / 'midi'} ({songs})")
     print(f"  page:        {run.page} (open it in a browser: songs to see and hear)")
     print(f"  info:        {run.info}")
     print(f"  TensorBoard: tensorboard --logdir {run.logs}")
     return 0
 
 
-def song_batches(args, data, cache, devices):
+def song_batches(config, data, cache, devices):
     """The training and validation SongFiles of a run (validation None where there are fewer
     samples than devices), each serving this process its part of every batch."""
     processes = devices.processes
     batches = dict(
-        batch_size=args.batch_size, shape=data.settings.shape, cache=cache, devices=devices.count,
+        batch_size=config.batch_size, shape=data.settings.shape, cache=cache, devices=devices.count,
         processes=(processes.count, processes.index),
     )
     following = None
-    if args.random_start:
+    if config.random_start:
         following = following_samples(data.training, data.folder, data.settings.measures)
     training = SongFiles(
-        data.training, shuffle=True, seed=args.seed, transpose=args.transpose, following=following, **batches
+        data.training, shuffle=True, seed=config.seed, transpose=config.transpose, following=following, **batches
     )
     validation = SongFiles(data.validation, **batches) if len(data.validation) >= devices.count else None
     return training, validation
@@ -198,65 +209,51 @@ def rebuilt_songs(data, seed):
     }
 
 
-def train_along(vae, training, validation, args, first_epoch, kl_schedule):
+def train_along(vae, training, validation, config, first_epoch, kl_schedule):
     """Train as a process other than the first: the same steps, with nothing written or
     said. Returns the exit code."""
     callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, NonFiniteStop()]
-    if first_epoch < args.epochs:
+    if first_epoch < config.epochs:
         vae.fit(
-            training, validation_data=validation, epochs=args.epochs, initial_epoch=first_epoch, shuffle=False,
+            training, validation_data=validation, epochs=config.epochs, initial_epoch=first_epoch, shuffle=False,
             callbacks=[c for c in callbacks if c], verbose=0,
         )
     return 0
 
 
-def new_run_args(args):
-    """``args`` of a new run: checked, the options not given set to their DEFAULTS."""
-    if not args.data:
+def new_config(given):
+    """The TrainConfig of a new run with the options ``given``, checked."""
+    if not given.get("data"):
         raise UsageError("the samples folder is missing: pass --data SAMPLES_DIR (or --resume RUN_DIR)")
-    args = with_defaults(args)
-    if args.kl_cycle == 1:
+    config = TrainConfig.new(given)
+    if config.kl_cycle == 1:
         raise UsageError("--kl-cycle 1 would keep the KL weight at 0: it rises over a cycle's first half, so 2 or more")
-    RunFolder.check_new(args.output_dir, args.run_name)  # before minutes of reading data, not after
-    return args
+    RunFolder.check_new(config.output_dir, config.run_name)  # before minutes of reading data, not after
+    return config
 
 
-def resumed_args(run, state, args, notes=True):
-    """``args`` of a run to resume: the run's own parameters. Of the options given on the
-    command line, those that may change replace them and the others are ignored, and how
-    the songs sound follows the command line; a note says each (where ``notes``). ``state``
-    records the changes."""
-    parameters = run_parameters(state)
-    said = []
-    for key in DEFAULTS:
-        given = getattr(args, key, None)
-        if key in THIS_MACHINE and given is None:
-            given = DEFAULTS[key]
-        if given is None or given == parameters[key]:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if key in CHANGEABLE_ON_RESUME or key in THIS_MACHINE:
-            said.append(f"note: {flag} {given} from now on (the run had {parameters[key]})")
-            parameters[key] = given
-        else:
-            said.append(f"note: {flag} {given} is ignored: the run keeps {parameters[key]} (a new run can change it)")
+def resumed_config(run, state, given, notes=True):
+    """The TrainConfig of a run to resume: the run's own, with those of the options
+    ``given`` that may change (see TrainConfig.resumed); a note says each (where
+    ``notes``). ``state`` records the changes."""
+    config, changes = TrainConfig.of_run(state["parameters"]).resumed(given)
     done = state["epochs_done"]
-    if parameters["epochs"] < done:
+    if config.epochs < done:
         raise UsageError(f"{run.path} has done {done} epochs already; --epochs cannot take them back")
     # A run that did its epochs but was stopped before it finished still owes its final
     # songs and evaluation: resuming it writes them.
-    if done >= parameters["epochs"] and state["status"] == "finished":
-        raise UsageError(f"{run.path} has done its {parameters['epochs']} epochs; pass --epochs N to train it longer")
-    for note in said if notes else ():
+    if done >= config.epochs and state["status"] == "finished":
+        raise UsageError(f"{run.path} has done its {config.epochs} epochs; pass --epochs N to train it longer")
+    for note in changes if notes else ():
         print(note, file=sys.stderr)
-    state["parameters"] = parameters
-    return argparse.Namespace(**{**vars(args), **parameters})
+    state["parameters"] = config.parameters()
+    return config
 
 
-def new_state(run, args):
+def new_state(run, config):
     """The state of a new run: its parameters, and no epoch done."""
     return {
-        "run": run.path.name, "run_info": args.run_info, "parameters": {key: getattr(args, key) for key in DEFAULTS},
+        "run": run.path.name, "run_info": config.run_info, "parameters": config.parameters(),
         "status": "training", "epochs_done": 0, "sessions": [], "history": [],
     }
 
@@ -277,7 +274,7 @@ def check_batches(batch_size, devices):
         )
 
 
-def model_to_train(run, state, args, data, jit):
+def model_to_train(run, state, config, data, jit):
     """The compiled VAE to train: the run's, as its last recorded epoch left it, or a new one
     for a new run (``run`` None) and for a run stopped before its first epoch ended."""
     if state and state["epochs_done"] > 0:
@@ -288,34 +285,30 @@ def model_to_train(run, state, args, data, jit):
     else:
         if state:
             print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
-        sizes = {
-            field.name: getattr(args, field.name)
-            for field in dataclasses.fields(ModelConfig)
-            if field.name != "measures"
-        }
-        config = ModelConfig(measures=data.settings.measures, **sizes)
-        vae = build_vae(config, note_density=data.mean_notes / math.prod(data.settings.shape))
-        optimizer = FusedAdam(learning_rate=args.lr)
+        model_config = config.model_config(data.settings.measures)
+        vae = build_vae(model_config, note_density=data.mean_notes / math.prod(data.settings.shape))
+        optimizer = FusedAdam(learning_rate=config.lr)
     getattr(optimizer, "inner_optimizer", optimizer).fuse = not jit  # inside float16's loss scaling
     vae.compile(optimizer=optimizer, jit_compile=jit)
     return vae
 
 
-def final_songs(run, state, vae, args, data, style, tensorboard):
+def final_songs(run, state, vae, config, data, style, tensorboard):
     """Write the run's final songs and evaluate them against the data (into the run
     folder, its state and TensorBoard); return the WrittenSongs. ``vae``: what has its
     ``encoder`` and ``decoder``."""
-    fit = lambda: fit_density(vae.encoder, data.training, args.seed)  # noqa: E731
-    density = run.latent_density(args.sample_from, args.latent, fit)
-    style = dataclasses.replace(style, rule=fitted_rule(style.rule, vae.decoder, density, args.temperature, args.seed))
-    latents = density.latents(fixed_noise(args.songs, args.latent, args.seed + 1), args.temperature)
+    fit = lambda: fit_density(vae.encoder, data.training, config.seed)  # noqa: E731
+    density = run.latent_density(config.sample_from, config.latent, fit)
+    rule = fitted_rule(style.rule, vae.decoder, density, config.temperature, config.seed)
+    style = dataclasses.replace(style, rule=rule)
+    latents = density.latents(fixed_noise(config.songs, config.latent, config.seed + 1), config.temperature)
     written = write_songs(vae.decoder, latents, run.generated, "final", style)
     if written:
         song_paths = [run.generated / "midi" / f"{song.name}.mid" for song in written]
         results = evaluate_songs(
             vae.encoder, vae.decoder, song_paths, data_paths=data.training + data.validation + data.test,
             held_out=data.test or data.validation, training=data.training, rule=style.rule, settings=data.settings,
-            seed=args.seed, data_folder=data.folder,
+            seed=config.seed, data_folder=data.folder,
         )
         results["compared"]["data_folder"] = data.folder
         state["evaluation"], image = write_evaluation(run.path, results)

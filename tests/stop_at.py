@@ -2,7 +2,7 @@
 SIGKILL, as by a power cut or the kernel's out-of-memory killer, or interrupted with SIGINT,
 as by Ctrl-C. For the tests of what ``train --resume`` makes of what is left.
 
-    python tests/stop_at.py HOW@WHEN train --data ... [options]
+    PYTHONPATH=. python tests/stop_at.py HOW@WHEN train --data ... [options]
 
 HOW is ``kill``, ``ctrl-c`` or ``ctrl-c-twice`` (two presses at once). WHEN is
 
@@ -18,13 +18,10 @@ import importlib
 import os
 import signal
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import music_generator  # noqa: E402
-from music_vae import files  # noqa: E402
-from music_vae.model import keras  # noqa: E402
+import music_generator  # the repository is on PYTHONPATH: test_stopped_runs.py puts it there
+from music_vae import files
+from music_vae.backend import keras
 
 
 def stopper(how):

@@ -11,7 +11,6 @@ import sys
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +19,9 @@ from pebble import ProcessExpired
 from music_vae.convert import Shard, _outcome, convert_folder, recorded_shard
 from music_vae.files import UMASK, UsageError, atomic_write, npy_writer
 from music_vae.samples import DataSettings, LOWEST_PITCH, SkipFile, midi_to_samples, song_to_midi
+from helpers import REPO, VGMIDI, needs_vgmidi
 from midi_files import header, many_events_file, song_notes, track_chunk, write_midi, write_midi_ticks
 
-REPO = Path(__file__).resolve().parents[1]
-VGMIDI = Path(os.environ.get("VGMIDI_DIR", REPO.parent / "shared" / "midi" / "vgmidi"))
-needs_vgmidi = pytest.mark.skipif(
-    not VGMIDI.is_dir(), reason=f"the real MIDI corpus is not at {VGMIDI} (CI has ../shared beside the repository)"
-)
 
 
 def cells(sample):
@@ -200,6 +195,7 @@ def test_round_trip_midi_sample_midi_sample_is_the_identity(tmp_path):
     assert np.array_equal(midi_to_samples(tmp_path / "back.mid").samples[0], sample)
 
 
+@pytest.mark.slow
 def test_round_trip_of_dense_random_songs(tmp_path):
     rng = np.random.default_rng(0)
     for density in (0.002, 0.05, 0.5):
@@ -316,7 +312,7 @@ def many_events(tmp_path_factory):
     "bound, reason",
     [
         ({"max_file_mb": 1}, "too large: 2.9 MB, more than 1 MB"), ({"timeout": 1}, "timeout: no result after 1 s"),
-        ({"memory_mb": 300}, "out of memory"),
+        pytest.param({"memory_mb": 300}, "out of memory", marks=pytest.mark.slow),  # it fills 300 MB first
     ],
 )
 def test_an_absurd_file_is_stopped_by_each_bound_and_the_run_goes_on(many_events, tmp_path, bound, reason):
@@ -572,6 +568,7 @@ VGMIDI_SKIPS = {"too short": 56, "corrupt": 1}
 
 
 @needs_vgmidi
+@pytest.mark.slow
 def test_whole_vgmidi_corpus_converts_and_a_resume_adds_nothing(tmp_path):
     result = run_cli(VGMIDI, tmp_path / "out")
     assert result.returncode == 0, result.stderr
@@ -596,6 +593,7 @@ def test_whole_vgmidi_corpus_converts_and_a_resume_adds_nothing(tmp_path):
 
 
 @needs_vgmidi
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "out"
     for rows_before_kill in (100, 1000):
@@ -621,6 +619,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_result(tmp_path):
 
 
 @needs_vgmidi
+@pytest.mark.slow
 def test_real_samples_survive_the_round_trip(tmp_path):
     checked = 0
     for path in sorted(VGMIDI.glob("*.mid"))[:40:4]:  # 10 files; one is too short for a sample

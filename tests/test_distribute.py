@@ -22,8 +22,7 @@ from music_vae.dataset import SongFiles, following_samples, read_data, read_inde
 from music_vae.distribute import Processes, choose_devices
 from music_vae.files import UsageError
 from music_vae.samples import DataSettings
-from test_data_loader import REPO
-from test_music_generator import SMALL, make_samples
+from helpers import REPO, SMALL, make_samples
 
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 # 18 training samples in batches of 4, the last of 2, and 2 validation samples: every batch
@@ -95,6 +94,7 @@ def one_device(tmp_path_factory):
 
 
 @needs_jax
+@pytest.mark.slow
 def test_two_devices_learn_what_one_does_and_their_run_resumes_and_generates(tmp_path, one_device):
     data, reference = one_device
     run = command()
@@ -141,6 +141,7 @@ def two_processes(*args):
 
 
 @needs_jax
+@pytest.mark.slow
 def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device(tmp_path, one_device):
     """Two processes stand in for two machines: a run of one epoch, then resumed for one more."""
     data, reference = one_device
@@ -153,6 +154,7 @@ def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
+@pytest.mark.slow
 def test_tensorflow_replicas_share_the_loss_instead_of_adding_it_up(tmp_path, one_device):
     """TensorFlow's replicas draw their own noise for the latent vectors, so the losses match
     one device's only roughly; a loss added up over the two would be twice as large."""
@@ -236,6 +238,7 @@ def test_the_processes_of_a_run_are_read_from_the_environment_and_checked(variab
     ],
     ids=["torch", "small-batch"],
 )
+@pytest.mark.slow
 def test_distribution_mistakes_get_one_line_and_exit_code_2(tmp_path, backend, options, message):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")

@@ -2,7 +2,7 @@
 known answers; encode, interpolate and variations on a tiny trained run; the explore page's
 server, its answers and its bad requests, and the page itself in headless Chromium."""
 
-import argparse
+import io
 import json
 import re
 import socket
@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 import music_generator as mg
-from music_vae.explore import PrincipalComponents, run_explorer, slerp, variations
+from music_vae.commands import run_explorer
+from music_vae.latent_space import PrincipalComponents, latents_around, slerp
 from music_vae.explore_server import make_server
-from music_vae.run_songs import RunSongs
+from music_vae.trained_run import TrainedRun
 from music_vae.latent import LatentDensity, encode
-from music_vae.model import keras
+from music_vae.backend import keras
 from music_vae.music_metrics import onset_scores
 from music_vae.samples import midi_to_samples, midi_to_song, song_to_midi
 from music_vae.songs import decode
-from test_listen_and_evaluate import SCREENSHOTS, find_chromium
-from test_music_generator import make_samples, train
+from helpers import make_samples, train
 
 
 def test_slerp_starts_and_ends_at_its_ends_and_keeps_to_the_sphere_between():
@@ -55,9 +55,9 @@ def test_principal_components_are_the_axes_and_spread_of_the_densitys_codes():
 def test_variations_follow_the_seed_and_the_densitys_spread():
     density = LatentDensity(np.zeros(3, np.float32), np.diag([1.0, 0.0, 2.0]).astype(np.float32))
     center = np.array([1.0, 1.0, 1.0], np.float32)
-    first = variations(center, density, 500, 0.5, seed=7)
-    assert np.array_equal(first, variations(center, density, 500, 0.5, seed=7))
-    assert not np.array_equal(first, variations(center, density, 500, 0.5, seed=8))
+    first = latents_around(center, density, 500, 0.5, seed=7)
+    assert np.array_equal(first, latents_around(center, density, 500, 0.5, seed=7))
+    assert not np.array_equal(first, latents_around(center, density, 500, 0.5, seed=8))
     assert first.std(axis=0) == pytest.approx([0.5, 0.0, 1.0], rel=0.1, abs=1e-6)
     assert first.mean(axis=0) == pytest.approx(center, abs=0.1)
 
@@ -81,8 +81,19 @@ def run_and_songs(tmp_path_factory):
     return run, midi
 
 
-def test_encode_saves_each_files_latent_mean(run_and_songs, tmp_path, capsys):
-    run, midi = run_and_songs
+@pytest.fixture(scope="module")
+def any_run_and_songs(tiny_run, tmp_path_factory):
+    """For the tests that any trained run serves: conftest.py's tiny_run (one epoch), and two
+    of its training songs as MIDI files."""
+    folder = tmp_path_factory.mktemp("any_run_songs")
+    midi = [folder / "song0.mid", folder / "song1.mid"]
+    for path, sample in zip(midi, sorted((tiny_run.parents[1] / "samples").glob("*.npy"))):
+        song_to_midi(np.load(sample), path, lowest_pitch=16)
+    return tiny_run, midi
+
+
+def test_encode_saves_each_files_latent_mean(any_run_and_songs, tmp_path, capsys):
+    run, midi = any_run_and_songs
     assert mg.main(["encode", "--run", str(run), *map(str, midi), "--output-dir", str(tmp_path)]) == 0
     encoder = keras.saving.load_model(run / "model" / "encoder.keras")
     expected, _ = encode(encoder, [midi_to_song(path) for path in midi])
@@ -92,6 +103,7 @@ def test_encode_saves_each_files_latent_mean(run_and_songs, tmp_path, capsys):
     assert len(lines) == 2 and "notes in measures 1-16" in lines[0]
 
 
+@pytest.mark.slow
 def test_interpolation_ends_at_the_reconstructions_of_its_two_songs(run_and_songs, tmp_path):
     run, (start, end) = run_and_songs
     argv = ["interpolate", "--run", str(run), "--from", str(start), "--to", str(end), "--steps", "5"]
@@ -113,19 +125,20 @@ def test_interpolation_ends_at_the_reconstructions_of_its_two_songs(run_and_song
     assert shown == [f"interpolation_song{number:02d}" for number in range(1, 6)]
 
 
+@pytest.mark.slow
 def test_reconstruct_writes_each_files_song_and_its_rebuild_and_says_how_much_it_keeps(run_and_songs, tmp_path, capsys):
     run, midi = run_and_songs
     argv = ["reconstruct", "--run", str(run), *map(str, midi), "--output-dir", str(tmp_path), "--no-audio"]
     assert mg.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    songs = RunSongs(argparse.Namespace(run=run, output_dir=None, audio=False))
+    trained = TrainedRun(run)
     for path, line in zip(midi, lines):
         original = np.load(tmp_path / "npy" / f"{path.stem}_original.npy")
         assert np.array_equal(original, midi_to_samples(path).samples[0])  # the first sample, as data_loader cuts it
         assert np.array_equal(midi_to_song(tmp_path / "midi" / f"{path.stem}_original.mid"), original)
         rebuilt = np.load(tmp_path / "npy" / f"{path.stem}_reconstruction.npy")
-        z_mean, _ = encode(songs.encoder, [original.astype(np.uint8)])
-        assert rebuilt == pytest.approx(decode(songs.decoder, z_mean)[0], abs=1e-6)
+        z_mean, _ = encode(trained.encoder, [original.astype(np.uint8)])
+        assert rebuilt == pytest.approx(decode(trained.decoder, z_mean)[0], abs=1e-6)
         notes = midi_to_song(tmp_path / "midi" / f"{path.stem}_reconstruction.mid")  # what is heard
         exact, near = onset_scores(original, notes), onset_scores(original, notes, tolerance=1)
         assert line.startswith(f"{path}: {notes.sum()} notes rebuilt of its {int(original.sum())}: ")
@@ -138,6 +151,7 @@ def test_reconstruct_writes_each_files_song_and_its_rebuild_and_says_how_much_it
     assert np.array_equal(original, midi_to_song(midi[0], first_measure=1))
 
 
+@pytest.mark.slow
 def test_interpolate_says_how_much_of_each_file_its_ends_keep(run_and_songs, tmp_path, capsys):
     run, (start, end) = run_and_songs
     argv = ["interpolate", "--run", str(run), "--from", str(start), "--to", str(end), "--steps", "3"]
@@ -149,6 +163,7 @@ def test_interpolate_says_how_much_of_each_file_its_ends_keep(run_and_songs, tmp
         assert f"{name} against {path}: precision" in out and f"F1 {f1:.2f}" in out
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_variations(run_and_songs, tmp_path):
     run, (song, _) = run_and_songs
 
@@ -162,8 +177,8 @@ def test_the_same_seed_gives_the_same_variations(run_and_songs, tmp_path):
     assert not np.array_equal(first[0], vary(tmp_path / "c", 4)[0])
 
 
-def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp_path, capsys):
-    run, (song, _) = run_and_songs
+def test_latent_command_mistakes_get_one_line_and_exit_code_2(any_run_and_songs, tmp_path, capsys):
+    run, (song, _) = any_run_and_songs
     (tmp_path / "noise.mid").write_bytes(np.random.default_rng(0).bytes(300))
     short = tmp_path / "short.mid"
     song_to_midi(midi_to_song(song)[:2], short)
@@ -196,16 +211,25 @@ def test_latent_command_mistakes_get_one_line_and_exit_code_2(run_and_songs, tmp
 # --- the explore page ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(run_and_songs):
-    """The explore page of the tiny run, served on a free port in a thread: its address."""
-    run, _ = run_and_songs
-    songs = RunSongs(argparse.Namespace(run=run, output_dir=None, audio=False))
-    http_server = make_server(run_explorer(songs, 4), port=0)
+def serve(run):
+    """Serve the explore page of ``run`` on a free port in a thread; yield its address."""
+    http_server = make_server(run_explorer(TrainedRun(run), 4), port=0)
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{http_server.server_address[1]}"
     http_server.shutdown()
     http_server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(run_and_songs):
+    """The explore page of the tiny run above, whose decoder listens to the code: its address."""
+    yield from serve(run_and_songs[0])
+
+
+@pytest.fixture(scope="module")
+def any_server(tiny_run):
+    """The explore page of conftest.py's tiny_run, for the tests that need a server of any run."""
+    yield from serve(tiny_run)
 
 
 def post(url, body, kind="application/json", headers=None):
@@ -218,6 +242,7 @@ def post(url, body, kind="application/json", headers=None):
         return error.code, error.read()
 
 
+@pytest.mark.slow
 def test_the_server_answers_songs_and_files_for_slider_positions(server, run_and_songs):
     status, body = post(f"{server}/song", json.dumps({"positions": [0, 0, 0, 0]}).encode())
     notes = json.loads(body)["notes"]
@@ -247,6 +272,26 @@ def test_the_server_answers_songs_and_files_for_slider_positions(server, run_and
     assert 0 <= placed["code_f1"] <= 1
 
 
+def test_the_server_of_any_run_answers_a_song_its_midi_file_and_its_place(any_server, tiny_run):
+    status, body = post(f"{any_server}/song", json.dumps({"positions": [1, 0, -1, 0], "threshold": 0.01}).encode())
+    notes = json.loads(body)["notes"]
+    assert status == 200 and all(16 <= pitch < 112 and 0 <= step < 16 * 96 for step, pitch in notes)
+    status, midi = post(f"{any_server}/midi", json.dumps({"positions": [1, 0, -1, 0], "threshold": 0.01}).encode())
+    song = midi_to_song(midi)
+    assert status == 200 and sorted(map(tuple, notes)) == sorted(
+        (measure * 96 + step, pitch + 16) for measure, pitch, step in zip(*np.nonzero(song.reshape(16, 96, 96)))
+    )
+    training_song = song_to_midi(np.load(sorted((tiny_run.parents[1] / "samples").glob("*.npy"))[0]))
+    status, body = post(f"{any_server}/encode", _midi_bytes(training_song), "audio/midi")
+    assert status == 200 and len(json.loads(body)["positions"]) == 4
+
+
+def _midi_bytes(midi):
+    buffer = io.BytesIO()
+    midi.write(buffer)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("route", "body", "status", "message"),
     [
@@ -263,33 +308,28 @@ def test_the_server_answers_songs_and_files_for_slider_positions(server, run_and
         ("/../../etc/passwd", b"{}", 404, "no such page"),
     ],
 )
-def test_bad_requests_get_a_4xx_and_one_log_line(server, capfd, route, body, status, message):
-    got, answer = post(server + route, body)
+def test_bad_requests_get_a_4xx_and_one_log_line(any_server, capfd, route, body, status, message):
+    got, answer = post(any_server + route, body)
     assert got == status and message in json.loads(answer)["error"]
     log = capfd.readouterr().err.strip().splitlines()
     assert len(log) == 1 and message in log[0] and "Traceback" not in log[0]
 
 
-def test_get_serves_the_page_and_nothing_else(server):
-    with urllib.request.urlopen(f"{server}/", timeout=30) as response:
+def test_get_serves_the_page_and_nothing_else(any_server):
+    with urllib.request.urlopen(f"{any_server}/", timeout=30) as response:
         assert response.status == 200 and b"<canvas" in response.read()
     for path in ("/index.html", "/../state.json", "/model/decoder.keras"):
         with pytest.raises(urllib.error.HTTPError) as error:
-            urllib.request.urlopen(server + path, timeout=30)
+            urllib.request.urlopen(any_server + path, timeout=30)
         assert error.value.code == 404
 
 
-def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_songs, tmp_path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no Chromium: install it (Debian: apt install chromium); .ci/run does")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt"
-    )
+@pytest.mark.slow
+def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_songs, tmp_path, chromium, screenshots):
     _, (song_file, _) = run_and_songs
-    with sync_api.sync_playwright() as playwright:
+    with chromium.sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=chromium,
+            executable_path=chromium.path,
             args=["--disable-gpu", "--no-first-run", "--autoplay-policy=no-user-gesture-required"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
@@ -336,8 +376,7 @@ def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_
         saved = tmp_path / "shown.mid"
         download.value.save_as(saved)
         shown = page.evaluate("window.explorer.state.notes")
-        SCREENSHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "explore_page.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "explore_page.png"), full_page=True)
         browser.close()
     assert errors == []
     song = midi_to_song(saved)  # as data_loader reads it

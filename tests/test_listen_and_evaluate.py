@@ -19,17 +19,15 @@ from music_vae.audio import (
     AUDIO_PEAK, AUDIO_SAMPLE_RATE, AUDIO_TAIL_S, HIDE_FLUIDSYNTH, SOUNDFONTS, Synthesizer, has_fluidsynth, wav_writer,
 )
 from music_vae.dataset import read_data
-from music_vae.evaluation import evaluation_image, evaluation_table, finite, histogram_edges
+from music_vae.evaluation import evaluation_image, evaluation_table, histogram_edges, json_safe
 from music_vae.files import UsageError, atomic_write
 from music_vae.run_page import song_groups
 from music_vae.samples import (
     DEFAULT_BPM, LOWEST_PITCH, MEASURE_SIZE, PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_to_midi,
 )
-from test_data_loader import REPO
-from test_music_generator import make_samples, run_cli, tensorboard_events, train
+from helpers import REPO, make_samples, run_cli, tensorboard_events, train
 
 SONG_SECONDS = 16 * 4 * 60 / DEFAULT_BPM  # 32 s: 16 measures of 4/4 at 120 bpm
-SCREENSHOTS = REPO / "tests" / "screenshots"
 
 
 def melody(measures=16, notes_in=range(16)):
@@ -87,6 +85,7 @@ def test_the_best_synthesizer_is_fluidsynth_with_a_general_midi_soundfont_where_
         assert synthesizer.fluidsynth is None and "sine waves" in str(synthesizer)
 
 
+@pytest.mark.slow
 def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_training_says_so(
     tmp_path, monkeypatch, capsys
 ):
@@ -100,6 +99,7 @@ def test_fluidsynth_hidden_by_the_environment_is_as_if_not_installed_and_trainin
     assert re.search(r"audio\s+pretty_midi's sine waves", next(run.glob("*_info.txt")).read_text())
 
 
+@pytest.mark.slow
 def test_importing_the_modules_prints_nothing_even_under_ci():
     # pyfluidsynth announces its library on stdout when $CI is set, which broke scripts
     # (and a test) that read what our commands print.
@@ -340,7 +340,7 @@ def test_a_silent_song_is_reported_and_left_out_of_the_features_it_has_none_of()
     assert math.isnan(silent["pitch_range"]) and math.isnan(silent["polyphony"])
     assert results["features"]["pitch_range"]["generated_mean"] == results["songs"]["loud"]["pitch_range"]
     assert "silent songs" in evaluation_table(_finished(results)) and "silent" in evaluation_table(_finished(results))
-    saved = finite({key: value for key, value in _finished(results).items() if key != "data_features"})
+    saved = json_safe({key: value for key, value in _finished(results).items() if key != "data_features"})
     assert json.loads(json.dumps(saved, allow_nan=False))["songs"]["silent"]["pitch_range"] is None  # JSON has no NaN
     assert "silent" in evaluation_table(saved)
 
@@ -401,6 +401,7 @@ def test_the_page_lists_final_songs_then_epochs_newest_first_past_epoch_999(tmp_
     ]
 
 
+@pytest.mark.slow
 def test_every_song_has_a_wav_file_of_its_length(run):
     assert song_names(run) == [
         "epoch001_song01", "epoch001_song02", "epoch002_song01", "epoch002_song02", "final_song01", "final_song02",
@@ -415,6 +416,7 @@ def test_every_song_has_a_wav_file_of_its_length(run):
     assert re.search(r"audio\s+(FluidSynth with |pretty_midi's sine waves)", info)
 
 
+@pytest.mark.slow
 def test_the_run_page_links_every_song_with_relative_links_to_files_that_exist(run):
     page = (run / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
@@ -437,25 +439,13 @@ def test_the_run_page_links_every_song_with_relative_links_to_files_that_exist(r
     )
 
 
-def find_chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, tmp_path):
+@pytest.mark.slow
+def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, tmp_path, chromium, screenshots):
     """The page as a user sees it, opened from disk in a copy of the run folder."""
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no Chromium: install it (Debian: apt install chromium); .ci/run does")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-test.txt"
-    )
     copy = shutil.copytree(run, tmp_path / "copied run")  # a space: links must be quoted
-    with sync_api.sync_playwright() as playwright:
+    with chromium.sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=chromium,
+            executable_path=chromium.path,
             args=[
                 "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync",
@@ -487,17 +477,17 @@ def test_the_run_page_shows_every_picture_and_plays_every_song_in_chromium(run, 
                 };
             }"""
         )
-        SCREENSHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "run_page.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "run_page.png"), full_page=True)
         browser.close()
     assert len(found["images"]) == 2 + 7 and all(loaded for _, loaded in found["images"]), found["images"]
     assert found["lazy"] == 7  # a 100-epoch run page need not load its 300 pictures at once
     assert len(found["audio"]) == 7
     for source, duration in found["audio"]:
         assert SONG_SECONDS + AUDIO_TAIL_S - 0.01 <= duration < SONG_SECONDS + 3, (source, duration)
-    assert (SCREENSHOTS / "run_page.png").stat().st_size > 10_000
+    assert (screenshots / "run_page.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_second(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -516,6 +506,7 @@ def test_tensorboard_has_the_songs_audio_the_learning_rate_and_samples_per_secon
         assert [step for step, _ in evaluation[f"evaluation/{tag}"]] == [2]
 
 
+@pytest.mark.slow
 def test_training_ends_with_an_evaluation_in_the_info_file_json_and_picture(run):
     results = json.loads((run / "evaluation.json").read_text())
     assert sorted(results["songs"]) == ["final_song01", "final_song02", "final_song03"]
@@ -555,6 +546,7 @@ def own_copy(run, tmp_path):
     return shutil.copytree(run, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
     run = own_copy(run, tmp_path)
     validation = make_samples(tmp_path / "held_out", 3, seed=7)
@@ -567,6 +559,7 @@ def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
     assert "Evaluation" in (run / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_song_that_replays_a_training_phrase_in_another_key_and_place_is_judged_a_copy_of_it(run, tmp_path):
     run = own_copy(run, tmp_path)
     replayed = np.load(run_data(run).training[1]).reshape(16, PITCHES, STEPS_PER_MEASURE)
@@ -582,6 +575,7 @@ def test_a_song_that_replays_a_training_phrase_in_another_key_and_place_is_judge
     assert "songs with a phrase copy" in (run / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, tmp_path):
     run = own_copy(run, tmp_path)
     result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "3", "--no-audio")
@@ -601,6 +595,7 @@ def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, t
         (["--songs", "."], "is not a pattern of MIDI files"), (["--validation", "{tmp}"], "no .npy samples in"),
     ],
 )
+@pytest.mark.slow
 def test_evaluate_mistakes_get_one_line_and_exit_code_2(run, tmp_path, args, message):
     before = (run / "evaluation.json").read_bytes()
     result = run_cli("evaluate", "--run", run, *[arg.format(tmp=tmp_path) for arg in args])

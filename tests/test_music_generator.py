@@ -1,68 +1,24 @@
 """music_generator.py: the model, a whole run folder, resume, generate, errors, real data."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pretty_midi
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.util import tensor_util
 
 import data_loader as dl
 import music_generator as mg
 from music_vae import callbacks
-from music_vae.audio import HIDE_FLUIDSYNTH, has_fluidsynth
+from music_vae.audio import has_fluidsynth
 from music_vae.dataset import SongFiles, split_samples
 from music_vae.samples import DataSettings
-from music_vae.model import VAE, FusedAdam, ModelConfig, build_encoder, build_vae, precision, training_flops_per_sample
+from music_vae.model import VAE, FusedAdam, ModelConfig, build_encoder, build_vae, precision
+from music_vae.peak_speed import training_flops_per_sample
 from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_noise, save_song, strongest_cells, write_songs
-from test_data_loader import REPO, VGMIDI, needs_vgmidi
-
-# Small sizes keep the tests fast; the default sizes are checked on the model alone.
-SMALL = ["--measure-hidden", "32", "--measure-features", "4", "--song-hidden", "16", "--latent", "4"]
-
-
-def make_samples(folder, count, seed=0):
-    """``count`` 16-measure samples of a melody over a bass, each song its own transposition."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for number in range(count):
-        song = np.zeros((16, 96, 96), np.uint8)
-        key = int(rng.integers(0, 12))
-        for measure in range(16):
-            song[measure, 20 + key, 0] = 1
-            for step in range(0, 96, 12):
-                song[measure, 44 + key + int(rng.integers(0, 12)), step] = 1
-        np.save(folder / f"song{number:03d}.npy", song.reshape(16, 9216))
-    return folder
-
-
-def train(tmp_path, *extra, data=None, epochs=2):
-    data = data or make_samples(tmp_path / "samples", 12)
-    argv = [
-        "train", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--epochs", str(epochs), "--batch-size",
-        "4", "--lr", "0.001", *SMALL, *extra,
-    ]
-    code = mg.main(argv)
-    runs = sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
-    return code, runs[-1] if runs else None
-
-
-def run_cli(*args, fluidsynth=None, **kwargs):
-    """Run music_generator.py; ``fluidsynth=False`` hides FluidSynth from it, as on a machine
-    without, and True does not (None: as the environment says)."""
-    env = dict(os.environ)
-    if fluidsynth is not None:
-        env[HIDE_FLUIDSYNTH] = "0" if fluidsynth else "1"
-    command = [sys.executable, str(REPO / "music_generator.py"), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **kwargs)
-
+from helpers import REPO, VGMIDI, make_samples, needs_vgmidi, run_cli, tensorboard_events, train
 
 # Each command-line test of a mistake runs with FluidSynth as installed and hidden: the
 # note that the songs will sound like sine waves must never come before the error.
@@ -174,6 +130,22 @@ def test_strongest_cells_keeps_exactly_that_many_notes_even_where_values_tie(tmp
 # --- a run ---------------------------------------------------------------------------------
 
 
+def test_a_one_epoch_run_is_finished_with_its_models_songs_page_and_evaluation(tiny_run):
+    """The fast tests' trained run (conftest.py's tiny_run); the slow test below checks a run folder in full."""
+    state = json.loads((tiny_run / "state.json").read_text())
+    assert state["status"] == "finished" and state["epochs_done"] == 1 and len(state["history"]) == 1
+    assert sorted(path.name for path in (tiny_run / "model").iterdir()) == [
+        "decoder.keras", "encoder.keras", "latent_density.npz", "vae.keras",
+    ]
+    names = ["epoch001_song01", "final_song01", "final_song02"]
+    assert sorted(path.stem for path in (tiny_run / "generated" / "midi").iterdir()) == names
+    assert not (tiny_run / "generated" / "wav").exists()  # --no-audio
+    assert "Final songs" in (tiny_run / "index.html").read_text()
+    results = json.loads((tiny_run / "evaluation.json").read_text())
+    assert sorted(results["songs"]) == ["final_song01", "final_song02"] and results["latent"]["of"] == 4
+
+
+@pytest.mark.slow
 def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     code, run = train(
         tmp_path, "--run-name", "RUN01", "--run-info", "why this run: a test", "--songs", "4", "--log-every", "1"
@@ -218,18 +190,7 @@ def test_a_short_run_writes_the_whole_run_folder(tmp_path):
     assert [step for step, _ in events["songs"]["song01"]] == [1, 2]
 
 
-def tensorboard_events(folder):
-    """{tag: [(step, value or image)]} of the event files in ``folder``."""
-    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    events = {}
-    for tag in accumulator.Tags()["tensors"]:
-        for event in accumulator.Tensors(tag):
-            array = tensor_util.make_ndarray(event.tensor_proto)
-            events.setdefault(tag, []).append((event.step, float(array) if array.ndim == 0 else array))
-    return events
-
-
+@pytest.mark.slow
 def test_the_vae_overfits_a_tiny_dataset():
     """Four songs, a chord each on every beat: the VAE learns to tell them apart.
 
@@ -255,6 +216,7 @@ def test_the_vae_overfits_a_tiny_dataset():
         assert song.ravel()[strongest].mean() >= 0.95  # are (nearly) all the song's notes
 
 
+@pytest.mark.slow
 def test_saved_models_reload_in_safe_mode_and_decode_the_same_song(tmp_path):
     code, run = train(tmp_path, "--sample-from", "prior", epochs=1)  # songs of z = the noise itself
     assert code == 0
@@ -276,6 +238,7 @@ def test_saved_models_reload_in_safe_mode_and_decode_the_same_song(tmp_path):
         assert (tmp_path / "more" / kind / f"sample_song01{suffix}").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path, capsys):
     code, run = train(tmp_path, epochs=1)
     state = json.loads((run / "state.json").read_text())
@@ -305,6 +268,7 @@ def test_resume_continues_at_the_epoch_after_the_last_completed_one(tmp_path, ca
     assert (run / "generated" / "npy" / "epoch003_song01.npy").is_file()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path, monkeypatch, capsys):
     data = make_samples(tmp_path / "samples", 8)
     real_write_songs = write_songs
@@ -326,6 +290,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_model(tmp_path
     assert not (run / "generated" / "npy" / "epoch002_song01.npy").exists()
 
 
+@pytest.mark.slow
 def test_malformed_samples_are_reported_and_skipped(tmp_path, capsys):
     data = make_samples(tmp_path / "samples", 6)
     np.save(data / "wrong_shape.npy", np.zeros((8, 9216), np.uint8))
@@ -366,6 +331,7 @@ def test_dataset_reshuffles_every_epoch_and_repeats_for_the_same_seed(tmp_path):
     assert len(files) == 3 and files[2].shape == (2, 16, 9216)
 
 
+@pytest.mark.slow
 def test_every_epoch_reads_the_order_of_its_own_number_even_when_steps_are_slow(tmp_path, monkeypatch, capsys):
     """The order of epoch N is that of (seed, N), whatever Keras' reader threads do between
     epochs: Keras 3.3's thread calls PyDataset.on_epoch_end by itself once a step takes
@@ -447,6 +413,7 @@ def test_validation_and_test_splits_keep_the_samples_of_one_song_together(tmp_pa
     ],
 )
 @pytest.mark.parametrize("fluidsynth", FLUIDSYNTH)
+@pytest.mark.slow
 def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message, fluidsynth):
     (tmp_path / "empty").mkdir()
     (tmp_path / "wrong").mkdir()
@@ -479,6 +446,7 @@ def test_user_mistakes_get_one_line_and_exit_code_2(tmp_path, case, message, flu
 
 
 @needs_vgmidi
+@pytest.mark.slow
 def test_from_real_midi_files_to_generated_midi_files(tmp_path):
     midi = tmp_path / "midi"
     midi.mkdir()

@@ -14,10 +14,10 @@ import music_generator as mg
 from music_vae.dataset import SongFiles, following_samples, transposed
 from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, PitchStepLogits, PitchStepProfiles, build_vae, kl_share
-from music_vae.samples import PITCHES, STEPS_PER_MEASURE
+from music_vae.samples import PITCHES, STEPS_PER_MEASURE, midi_to_song
 from music_vae.songs import NoteRule, strongest_per_step
-from music_vae.settings import with_defaults
-from test_music_generator import make_samples, train
+from music_vae.config import TrainConfig, given_options
+from helpers import make_samples, train
 
 TINY = ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3)
 
@@ -84,6 +84,7 @@ def test_pitch_and_step_profiles_and_terms_of_a_measure_built_by_hand():
     assert tuple(vae(np.zeros((1, 16, 9216), np.float32))[0].shape) == (1, 16, 9216)
 
 
+@pytest.mark.slow
 def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path):
     options = ["--kl-warmup", "2", "--kl-cycle", "0", "--free-bits", "0", "--songs-per-epoch", "0", "--songs", "0"]
     code, run = train(tmp_path, *options, "--no-audio", epochs=3)
@@ -95,18 +96,38 @@ def test_a_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path
     assert keras.saving.load_model(run / "model" / "vae.keras").kl_share.numpy() == 1  # its variable is saved
 
 
-def test_latent_batch_norm_gives_every_latent_dimension_its_spread_over_a_batch():
-    vae = build_vae(ModelConfig(**{**TINY.__dict__, "latent_batch_norm": 0.5}))
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_latent_batch_norm_gives_every_latent_dimension_its_spread_and_the_kl_its_floor(scale):
+    """Over a batch, each latent dimension's means have a spread of --latent-batch-norm,
+    however narrow, wide or far from 0 the encoder puts them (as long as their spread is above
+    the batch norm's epsilon), and so a song's KL cannot fall below latent * scale**2 / 2 nats:
+    the code cannot collapse to the prior."""
+    keras.utils.set_random_seed(0)
+    vae = build_vae(ModelConfig(**{**TINY.__dict__, "latent_batch_norm": scale}))
     songs = (np.random.default_rng(0).random((64, 16, 9216)) < 0.05).astype(np.float32)
-    z_mean, z_log_var, _ = (np.asarray(output) for output in vae.encoder(songs, training=True))
-    unnormalised = keras.Model(vae.encoder.input, vae.encoder.get_layer("z_mean_unnormalised").output)
-    means = np.asarray(unnormalised(songs)).astype(np.float64)
-    epsilon = vae.encoder.get_layer("z_mean_batch_norm").epsilon  # a tiny model's spread is near it
-    expected = 0.5 * (means - means.mean(axis=0)) / np.sqrt(means.var(axis=0) + epsilon)
-    assert z_mean == pytest.approx(expected, abs=1e-4)  # the batch's own statistics; the shift starts at 0
-    kl = -0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=1)
-    assert kl.mean() >= 3 * 0.5**2 / 2 * (z_mean.var(axis=0) / 0.5**2).min()  # the floor: latent * scale**2 / 2
+    dense = vae.encoder.get_layer("z_mean_unnormalised")
+    unnormalised = keras.Model(vae.encoder.input, dense.output)
+    epsilon = vae.encoder.get_layer("z_mean_batch_norm").epsilon
+    floor = TINY.latent * scale**2 / 2
+    kernel, bias = dense.get_weights()
+    spread = np.asarray(unnormalised(songs)).std(axis=0)
+    for width, shift in ((0.3, 0), (3, 0), (0.3, 4)):  # the encoder's means this far apart, and off centre
+        dense.set_weights([kernel * width / spread, bias + shift])
+        means = np.asarray(unnormalised(songs)).astype(np.float64)
+        assert means.std(axis=0) == pytest.approx([width] * 3, rel=1e-3)  # 0.3: a variance of 90 epsilons
+        z_mean, z_log_var, _ = (np.asarray(output) for output in vae.encoder(songs, training=True))
+        expected = scale * (means - means.mean(axis=0)) / np.sqrt(means.var(axis=0) + epsilon)
+        assert z_mean == pytest.approx(expected, abs=1e-4 * scale)  # the batch's own statistics; the shift starts at 0
+        assert z_mean.mean(axis=0) == pytest.approx([0, 0, 0], abs=1e-4 * scale)
+        assert z_mean.std(axis=0) == pytest.approx([scale] * 3, rel=0.01)
+        kl = -0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=1)
+        assert kl.mean() >= 0.98 * floor, (width, shift)
+    # Without it, an encoder whose means come close together comes close to the prior.
     plain = build_vae(TINY)
+    layer = plain.encoder.get_layer("z_mean")
+    layer.set_weights([weights * 0.1 for weights in layer.get_weights()])
+    z_mean, z_log_var, _ = (np.asarray(output) for output in plain.encoder(songs, training=True))
+    assert np.mean(-0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=1)) < floor / 2
     assert "z_mean_batch_norm" not in [layer.name for layer in plain.encoder.layers]
 
 
@@ -280,7 +301,7 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
 
     def settings(*options):
         args = mg.parse_args(["train", "--data", data, "--output-dir", str(tmp_path / "runs"), *options])
-        return vars(with_defaults(args))
+        return TrainConfig.new(given_options(args)).parameters()
 
     paper = settings("--preset", "paper")
     assert {key: paper[key] for key in PAPER_SETTINGS} == PAPER_SETTINGS
@@ -291,6 +312,10 @@ def test_the_paper_preset_gives_the_papers_settings_and_options_given_replace_th
         "sample_from": "data", "note_rule": "expected", "max_pitches_per_step": 3, "random_start": True,
         "latent_batch_norm": 0.5, "transpose": 6, "pitch_step_terms": True,
     }
+
+
+@pytest.mark.slow
+def test_a_run_of_the_paper_preset_records_it_and_the_options_given(tmp_path):
     code, run = train(tmp_path, "--preset", "paper", "--epochs", "1", "--songs", "1", "--no-audio")
     parameters = json.loads((run / "state.json").read_text())["parameters"]
     assert code == 0 and parameters["preset"] == "paper" and parameters["reconstruction"] == "mse"
@@ -316,6 +341,7 @@ LEVERS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
     samples = make_samples(tmp_path / "samples", 12)
     index = [f"song{number:03d}.npy,file{number // 4}.mid,{16 * (number % 4)},0" for number in range(12)]
@@ -340,12 +366,21 @@ def test_a_run_with_every_lever_resumes_to_the_run_it_would_have_been(tmp_path):
     results = json.loads((whole / "evaluation.json").read_text())
     notes = [values["notes_per_measure"] for values in results["songs"].values()]
     assert len(set(notes)) > 1  # a calibrated threshold: each song as many notes as its values say
-    for path in (whole / "generated" / "npy").glob("final_*.npy"):
-        song = np.load(path)
-        kept, threshold = NoteRule(threshold=0.0, max_pitches_per_step=3).apply(song)
-        assert (np.count_nonzero((kept > 0).reshape(16, PITCHES, STEPS_PER_MEASURE), axis=1) <= 3).all()
+    # The songs as written, their MIDI files, have at most 3 pitches a step (--max-pitches-per-step
+    # 3), each of them among the 3 strongest values of its step; without the cap, the values
+    # at or above their weakest note would have stacked more on some step.
+    capped = []
+    for midi in sorted((whole / "generated" / "midi").glob("*.mid")):
+        notes = midi_to_song(midi).reshape(16, PITCHES, STEPS_PER_MEASURE).astype(bool)
+        values = np.load(whole / "generated" / "npy" / f"{midi.stem}.npy").reshape(16, PITCHES, STEPS_PER_MEASURE)
+        assert notes.any() and np.count_nonzero(notes, axis=1).max() <= 3, midi.name
+        third = np.sort(values, axis=1)[:, -3:-2, :]  # the 3rd strongest value of each step
+        assert (values[notes] >= np.broadcast_to(third, values.shape)[notes]).all(), midi.name
+        capped.append((np.count_nonzero(values >= values[notes].min(), axis=1) > 3).any())
+    assert len(capped) == 4 + 2 * 3 and any(capped)  # 4 final songs and 3 of each epoch
 
 
+@pytest.mark.slow
 def test_generate_draws_from_the_runs_density_or_as_told(tmp_path):
     code, run = train(tmp_path, "--songs", "2", "--no-audio", "--sample-from", "prior")  # no density
     assert code == 0 and not (run / "model" / DENSITY_FILE).exists()

@@ -13,13 +13,11 @@ import pytest
 
 import music_generator as mg
 from music_vae.dataset import SongFiles
-from music_vae.model import FusedAdam, ModelConfig, build_vae, peak_flops
+from music_vae.model import FusedAdam, ModelConfig, build_vae
+from music_vae.peak_speed import peak_flops
 from music_vae.songs import fixed_noise
-from test_data_loader import REPO
-from test_music_generator import SMALL, make_samples, tensorboard_events, train
-
-sys.path.insert(0, str(REPO / "bench"))
-from memory import growth, resident_per_epoch  # noqa: E402
+from helpers import REPO, SMALL, make_samples, tensorboard_events, train
+from memory import growth, resident_per_epoch  # bench/memory.py
 
 tensorflow_only = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="FusedAdam fuses on TensorFlow only"
@@ -57,6 +55,7 @@ def test_cached_batches_are_packed_and_unpack_to_the_batches_read_from_disk(tmp_
     "options", [["--precision", "bfloat16", "--cache"], ["--precision", "float16"], ["--jit"], ["--no-jit", "--cache"]],
     ids=["bfloat16-cache", "float16", "jit", "no-jit-cache"],
 )
+@pytest.mark.slow
 def test_every_speed_option_trains_and_its_model_reloads(tmp_path, options):
     code, run = train(tmp_path, *options, "--songs", "1", epochs=1)
     assert code == 0
@@ -71,6 +70,7 @@ def test_every_speed_option_trains_and_its_model_reloads(tmp_path, options):
     assert mg.main(["generate", "--run", str(run), "--songs", "1", "--seed", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_progress_and_tensorboard_show_samples_per_second_and_mfu(tmp_path, capsys):
     code, run = train(tmp_path, "--log-every", "1", "--songs", "1", epochs=2)
     assert code == 0
@@ -89,6 +89,7 @@ def test_peak_flops_is_a_plausible_measure():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)")
+@pytest.mark.slow
 def test_memory_stays_flat_over_epochs_read_from_disk():
     resident = resident_per_epoch(8, samples=48, batch_size=8, extra=SMALL)
     assert len(resident) == 8
@@ -96,6 +97,7 @@ def test_memory_stays_flat_over_epochs_read_from_disk():
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.slow
 def test_training_generation_and_loading_work_on_every_backend(tmp_path, backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -r requirements-test.txt installs it)")

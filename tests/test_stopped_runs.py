@@ -6,7 +6,9 @@ The runs are stopped by tests/stop_at.py, at moments named by what the run is do
 
 import errno
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +23,7 @@ import pytest
 import music_generator as mg
 from music_vae import callbacks, files
 from music_vae.run_folder import RunFolder
-from test_data_loader import REPO
-from test_music_generator import SMALL, make_samples, run_cli, train
+from helpers import REPO, SMALL, make_samples, run_cli, train
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and Python's SIGINT handling are POSIX's")
 
@@ -54,7 +55,9 @@ def stop_at(moment, samples, output):
     """Train in a process that ``moment`` stops (see stop_at.py); return it and its run folder."""
     command = [sys.executable, str(REPO / "tests" / "stop_at.py"), moment]
     command += ["train", "--data", str(samples), "--output-dir", str(output), *OPTIONS]
-    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    # A script's own folder (tests/) is on its path, the repository is not.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     (run,) = output.iterdir()
     return process, run
 
@@ -115,6 +118,7 @@ KILLS = [  # (when, epochs recorded when the kill comes)
 
 @posix
 @pytest.mark.parametrize(("when", "recorded"), KILLS, ids=[when for when, _ in KILLS])
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(
     samples, uninterrupted, tmp_path, when, recorded
 ):
@@ -138,6 +142,7 @@ CTRL_C = [  # (how@when, epochs recorded, what the message says to do)
 
 @posix
 @pytest.mark.parametrize(("moment", "recorded", "advice"), CTRL_C, ids=[moment for moment, _, _ in CTRL_C])
+@pytest.mark.slow
 def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_would_have_been(
     samples, uninterrupted, tmp_path, moment, recorded, advice
 ):
@@ -176,6 +181,7 @@ def fill_the_disk_at(monkeypatch, where):
 
 
 @pytest.mark.parametrize(("where", "recorded"), FULL_DISK, ids=[where for where, _ in FULL_DISK])
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_resumed_run_completes(tmp_path, monkeypatch, capsys, where, recorded):
     fill_the_disk_at(monkeypatch, where)
     code, run = train(tmp_path, epochs=2)
@@ -207,9 +213,8 @@ def test_a_disk_full_before_the_run_is_saved_leaves_no_run_folder(tmp_path, monk
     assert error.startswith("music_generator.py: error: No space left on device")
 
 
-def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys):
-    code, run = train(tmp_path, epochs=1)
-    assert code == 0
+def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / tiny_run.name)  # a finished run of 1 epoch
     before = (run / "state.json").read_bytes()
     (run / "generated" / "img" / "epoch002_song01.png").write_bytes(b"as if a training of epoch 2 were writing it")
     with RunFolder(run).training():  # as the process training it does

@@ -1,40 +1,48 @@
 """A trained run's models and how it makes songs, for the commands that work on a finished
-run: generate, evaluate, interpolate, variations and explore."""
+run: generate, evaluate, reconstruct, interpolate, variations and explore."""
 
 import dataclasses
 import functools
 from pathlib import Path
 
-from music_vae.audio import note_sine_waves, song_synthesizer
+from music_vae.audio import note_sine_waves
+from music_vae.backend import keras
+from music_vae.config import TrainConfig
 from music_vae.dataset import read_data
 from music_vae.files import UsageError
 from music_vae.latent import fit_density
-from music_vae.model import keras
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_page import write_run_page
 from music_vae.songs import SongStyle, decode, save_songs, song_source
-from music_vae.settings import SONG_OPTIONS, run_parameters
 
 
-class RunSongs:
-    """What the commands on a finished run need of it: its folder, state, parameters,
-    encoder, decoder, song density and style, with the song options ``args`` gives, and
-    the folder the songs go to (``args.output_dir``, else the run's ``generated/``)."""
+class TrainedRun:
+    """What the commands on a finished run need of it: its folder, state, config, encoder,
+    decoder, song density and style, and the folder its songs go to.
 
-    def __init__(self, args):
-        self.run = RunFolder.open(args.run)
+    Parameters
+    ----------
+    path : str or Path
+        The run folder.
+    song_options : dict, optional
+        Song options (TrainConfig's fields marked ``song``) in place of the run's; None: the run's.
+    synthesizer : audio.Synthesizer, optional
+        What renders the songs' WAV files; None: no WAV files.
+    output_dir : str or Path, optional
+        Where the songs go (default: the run's ``generated/``).
+    """
+
+    def __init__(self, path, song_options=None, synthesizer=None, output_dir=None):
+        self.run = RunFolder.open(path)
         self.state = self.run.load_state()
-        self.parameters = run_parameters(self.state)
-        given = {key: getattr(args, key, None) for key in SONG_OPTIONS}
-        self.parameters.update({key: value for key, value in given.items() if value is not None})
+        self.config = TrainConfig.of_run(self.state["parameters"]).with_song_options(song_options or {})
         self.settings = data_settings(self.state)
         self.decoder = keras.saving.load_model(self.run.model / "decoder.keras")
         notes = self.state["data"]["mean_notes"]
-        self.density, rule = song_source(self.run, self.parameters, notes, self.decoder, self.fit_density)
-        synthesizer = song_synthesizer(args)
+        self.density, rule = song_source(self.run, self.config, notes, self.decoder, self.fit_density)
         note_sine_waves(synthesizer)
-        self.style = SongStyle(rule, self.parameters["bpm"], self.settings.lowest_pitch, synthesizer)
-        self.folder = Path(args.output_dir) if args.output_dir else self.run.generated
+        self.style = SongStyle(rule, self.config.bpm, self.settings.lowest_pitch, synthesizer)
+        self.folder = Path(output_dir) if output_dir else self.run.generated
 
     @functools.cached_property
     def encoder(self):
@@ -44,17 +52,15 @@ class RunSongs:
     def data(self, needed_for="its songs can be drawn from the prior only"):
         """The run's data, read again from its folder and split as in training; where the
         folder is gone, a UsageError says what that rules out (``needed_for``)."""
-        folder, parameters = self.state["data"]["folder"], self.parameters
+        folder, config = self.state["data"]["folder"], self.config
         if not Path(folder).is_dir():
             raise UsageError(f"the run's data folder {folder} is gone: {needed_for}")
-        return read_data(
-            folder, parameters["validation_split"], parameters["seed"], self.settings, parameters["test_split"]
-        )
+        return read_data(folder, config.validation_split, config.seed, self.settings, config.test_split)
 
     def fit_density(self):
         """The latent density of the run's training songs, fitted now (for a run trained
         before its songs were drawn from the data)."""
-        return fit_density(self.encoder, self.data().training, self.parameters["seed"])
+        return fit_density(self.encoder, self.data().training, self.config.seed)
 
     def write(self, latents, prefix):
         """Decode ``latents`` into songs PREFIX_songNN in the output folder; refresh the run
@@ -76,7 +82,3 @@ class RunSongs:
             write_run_page(self.run, self.state)
         return written
 
-
-def song_list(written):
-    """WrittenSongs as "name (N notes), ..."."""
-    return ", ".join(f"{song.name} ({song.notes} notes)" for song in written)

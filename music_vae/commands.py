@@ -1,0 +1,178 @@
+"""The commands that work on a finished run, as functions of plain arguments: generate,
+evaluate, encode, reconstruct, interpolate, variations and explore (train is in
+training.py). Each returns the exit code and raises UsageError for a user's mistake;
+music_generator.py turns its command line into one call of them.
+
+The commands that write songs take ``song_options`` (a dict of TrainConfig's song options
+given in place of the run's; None: not given) and ``synthesizer`` (what renders their WAV
+files, or None for none), and write into ``output_dir``, by default the run's ``generated/``
+folder, whose songs the run page shows.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from music_vae.backend import keras
+from music_vae.dataset import find_samples
+from music_vae.evaluation import (
+    EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, reconstruct as rebuild, reconstruction_text,
+    write_evaluation,
+)
+from music_vae.explore_server import SLIDERS, Explorer, make_server
+from music_vae.files import UsageError, atomic_write, npy_writer
+from music_vae.latent_space import PrincipalComponents, encode_midi, latents_around, read_song, slerp
+from music_vae.music_metrics import onset_scores
+from music_vae.run_folder import RunFolder, data_settings
+from music_vae.run_page import write_run_page
+from music_vae.songs import NoteRule, fixed_noise
+from music_vae.trained_run import TrainedRun
+
+
+def generate(run_dir, songs=10, seed=None, output_dir=None, song_options=None, synthesizer=None):
+    """New songs from a run's decoder: ``songs`` latent vectors drawn with ``seed`` (None: a
+    new one, printed; the same seed gives the same songs), written as sample_songNN."""
+    trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
+    seed = new_seed() if seed is None else seed
+    noise = fixed_noise(songs, trained.decoder.input_shape[-1], seed)
+    written = trained.write(trained.density.latents(noise, trained.config.temperature), "sample")
+    print(f"{len(written)} songs with seed {seed} in {trained.folder}: {song_list(written)}")
+    return 0
+
+
+def evaluate(run_dir, data=None, validation=None, songs="final_*.mid", samples=EVALUATION_SAMPLES):
+    """Judge a run's songs (the MIDI files matching ``songs`` in its ``generated/midi``) and
+    model against the data: the samples in ``data`` (default: the run's own) and the
+    held-out ones in ``validation`` (default: the run's test split, else its validation
+    split), at most ``samples`` of each. Writes RUN_DIR/evaluation.json and .png."""
+    trained = TrainedRun(run_dir)
+    run, state, config, settings = trained.run, trained.state, trained.config, trained.settings
+    song_paths = find_songs(run.generated / "midi", songs)
+    folder = state["data"]["folder"]
+    data_paths = find_samples(data, settings.shape)[0] if data else None
+    held_out = find_samples(validation, settings.shape)[0] if validation else None
+    training = None  # where the run's data folder is gone, the table says that no song was compared with them
+    if data_paths is None or held_out is None or Path(folder).is_dir():  # the run's own data, split as in training
+        own = trained.data(needed_for="pass --data SAMPLES_DIR and --validation SAMPLES_DIR (held-out samples)")
+        data_paths = own.training + own.validation + own.test if data_paths is None else data_paths
+        held_out = (own.test or own.validation) if held_out is None else held_out
+        training = own.training
+    results = evaluate_songs(
+        trained.encoder, trained.decoder, song_paths, data_paths=data_paths, held_out=held_out, training=training,
+        rule=trained.style.rule, settings=settings, samples=samples, seed=config.seed, data_folder=folder,
+    )
+    if not results["songs"]:
+        raise UsageError(f"none of the {len(song_paths)} files that match {songs!r} is a readable MIDI file")
+    results["compared"]["data_folder"] = str(Path(data or folder).resolve())
+    state["evaluation"], _ = write_evaluation(run.path, results)
+    run.save(state)
+    write_run_page(run, state)
+    print(f"Evaluation of {run.path.name}: " + evaluation_table(results))
+    print(f"Wrote {run.path / 'evaluation.json'} and {run.path / 'evaluation.png'}")
+    return 0
+
+
+def encode(run_dir, midi_paths, measure=1, output_dir=None):
+    """Each MIDI file's latent mean (of its 16 measures from ``measure``, counted from 1),
+    saved as NAME.npy in ``output_dir`` (default: RUN_DIR/encoded)."""
+    run = RunFolder.open(run_dir)
+    settings = data_settings(run.load_state())
+    encoder = keras.saving.load_model(run.model / "encoder.keras")
+    folder = Path(output_dir) if output_dir else run.path / "encoded"
+    codes = [(path, *encode_midi(encoder, path, settings, measure - 1)) for path in midi_paths]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, z_mean, song in codes:
+        target = folder / f"{Path(path).stem}.npy"
+        atomic_write(target, npy_writer(z_mean))
+        measures = f"{measure}-{measure + settings.measures - 1}"
+        code = f"{len(z_mean)} numbers, norm {np.linalg.norm(z_mean):.2f}"
+        print(f"{path}: {song.sum()} notes in measures {measures} -> {target} ({code})")
+    return 0
+
+
+def reconstruct(run_dir, midi_paths, measure=None, output_dir=None, song_options=None, synthesizer=None):
+    """Each MIDI file's song as the run's model rebuilds it (its code decoded), saved as
+    NAME_reconstruction beside NAME_original (the measures it was given: from ``measure``,
+    or, where None, the file's first sample), with how much of the song the rebuild keeps."""
+    settings = data_settings(RunFolder.open(run_dir).load_state())  # the files first: a mistake is said alone
+    originals = [read_song(path, settings, None if measure is None else measure - 1) for path in midi_paths]
+    trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
+    values, notes = rebuild(trained.encoder, trained.decoder, originals, trained.style.rule)
+    names = [Path(path).stem for path in midi_paths]
+    trained.save(np.stack(originals), [f"{name}_original" for name in names], NoteRule(threshold=0.5))
+    trained.save(values, [f"{name}_reconstruction" for name in names])
+    for path, original, rebuilt in zip(midi_paths, originals, notes):
+        print(f"{path}: {rebuilt.sum()} notes rebuilt of its {original.sum()}: {agreement(original, rebuilt)}")
+    print(f"Wrote NAME_original and NAME_reconstruction in {trained.folder} for {', '.join(names)}")
+    return 0
+
+
+def interpolate(run_dir, start, end, steps=8, measure=1, output_dir=None, song_options=None, synthesizer=None):
+    """Songs interpolation_songNN at ``steps`` points along the path between the latent
+    means of MIDI files ``start`` and ``end`` (their reconstructions at the ends), and how
+    much of each file its end keeps."""
+    trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
+    first_code, first = encode_midi(trained.encoder, start, trained.settings, measure - 1)
+    last_code, last = encode_midi(trained.encoder, end, trained.settings, measure - 1)
+    written = trained.write(slerp(first_code, last_code, np.linspace(0, 1, steps)), "interpolation")
+    print(f"{len(written)} songs from {start} to {end} in {trained.folder}: {song_list(written)}")
+    _, ends = rebuild(trained.encoder, trained.decoder, [first, last], trained.style.rule)
+    for written_song, path, song, notes in zip((written[0], written[-1]), (start, end), (first, last), ends):
+        print(f"  {written_song.name} against {path}: {agreement(song, notes)}")
+    return 0
+
+
+def variations(
+    run_dir, midi_path, songs=8, spread=0.25, seed=None, measure=1, output_dir=None, song_options=None,
+    synthesizer=None,
+):
+    """Songs variation_songNN around a MIDI file's latent mean: ``spread`` 1 is as far as
+    the run's songs lie from their mean; ``seed`` None: a new one, printed."""
+    trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
+    center, _ = encode_midi(trained.encoder, midi_path, trained.settings, measure - 1)
+    seed = new_seed() if seed is None else seed
+    written = trained.write(latents_around(center, trained.density, songs, spread, seed), "variation")
+    print(f"{len(written)} variations of {midi_path} with seed {seed} in {trained.folder}: {song_list(written)}")
+    return 0
+
+
+def explore(run_dir, host="127.0.0.1", port=8000, sliders=SLIDERS):
+    """Serve the explore page of a run at ``host``:``port`` (0: any free port) until Ctrl-C."""
+    trained = TrainedRun(run_dir)
+    server = make_server(run_explorer(trained, sliders), host, port)
+    host, port = server.server_address[:2]
+    print(f"Exploring {trained.run.path.name} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+def run_explorer(trained, sliders=SLIDERS):
+    """The Explorer of a TrainedRun: ``sliders`` principal components of the density of its
+    encoded training songs (fitted and saved once, where the run has none)."""
+    data = trained.run.latent_density("data", trained.decoder.input_shape[-1], trained.fit_density)
+    return Explorer(
+        trained.decoder, trained.encoder, PrincipalComponents.of_density(data, sliders), trained.density,
+        trained.style.rule, trained.settings, trained.config.bpm, trained.run.path.name,
+    )
+
+
+def agreement(song, notes):
+    """How far ``notes`` (a song's onsets) rebuild ``song``, in words: precision, recall and F1,
+    exact and within a step."""
+    exact, near = onset_scores(song, notes), onset_scores(song, notes, tolerance=1)
+    return reconstruction_text({**exact, "within_1_step": near})
+
+
+def song_list(written):
+    """WrittenSongs as "name (N notes), ..."."""
+    return ", ".join(f"{song.name} ({song.notes} notes)" for song in written)
+
+
+def new_seed():
+    """A seed for songs where none is given: drawn afresh, and printed, so that they can be made again."""
+    return int(np.random.default_rng().integers(2**31))
