@@ -23,7 +23,9 @@ import sys
 try:
     from music_vae import commands
     from music_vae.audio import song_synthesizer
-    from music_vae.config import RUN, TrainConfig, add_song_options, add_train_options, given_options, song_options
+    from music_vae.config import (
+        RUN_GROUP, TrainConfig, add_song_options, add_train_options, given_options, song_option_names,
+    )
     from music_vae.evaluation import EVALUATION_SAMPLES
     from music_vae.explore_server import SLIDERS
     from music_vae.files import ArgumentParser, UsageError, int_between, positive_float
@@ -45,7 +47,7 @@ def parse_args(argv=None):
         "every epoch.",
     )
     groups = add_train_options(train_parser)
-    groups[RUN].add_argument(
+    groups[RUN_GROUP].add_argument(
         "--resume", metavar="RUN_DIR",
         help="continue a stopped run from its last completed epoch, with its own parameters; --epochs, "
         "--batch-size and a few more may change, as a note says",
@@ -197,7 +199,7 @@ def run_command(args):
         return commands.explore(args.run, args.host, args.port, args.sliders)
     writing = dict(
         output_dir=args.output_dir,
-        song_options={name: getattr(args, name) for name in song_options()},
+        song_options={name: getattr(args, name) for name in song_option_names()},
         synthesizer=song_synthesizer(args.audio is not False, args.soundfont),
     )
     if args.command == "generate":
@@ -206,7 +208,9 @@ def run_command(args):
         return commands.reconstruct(args.run, args.midi, args.measure, **writing)
     if args.command == "interpolate":
         return commands.interpolate(args.run, args.start, args.end, args.steps, args.measure, **writing)
-    return commands.variations(args.run, args.midi, args.songs, args.spread, args.seed, args.measure, **writing)
+    if args.command == "variations":
+        return commands.variations(args.run, args.midi, args.songs, args.spread, args.seed, args.measure, **writing)
+    raise ValueError(f"no command {args.command!r}")  # parse_args knows only the commands above
 
 
 def is_out_of_memory(error):

@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_data, read_sample  # noqa: E402
-from music_vae.config import TrainConfig, given_options, song_options as song_option_names  # noqa: E402
+from music_vae.config import TrainConfig, given_options, song_option_names  # noqa: E402
 from music_vae.evaluation import evaluate_songs, originality  # noqa: E402
 from music_vae.backend import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, code_version, data_settings, environment  # noqa: E402

@@ -87,7 +87,7 @@ class Synthesizer:
     def __str__(self):
         if self.fluidsynth:
             return f"FluidSynth with {self.soundfont}"
-        return "pretty_midi's sine waves (install FluidSynth for a piano: see README)"
+        return "pretty_midi's sine waves (install FluidSynth for a piano: see docs/run-folder.md)"
 
     def render(self, midi, seconds=0.0):
         """The sound of ``midi``.

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from music_vae.audio import AUDIO_SAMPLE_RATE
+from music_vae.backend import keras, ops
 from music_vae.distribute import undistributed
 from music_vae.evaluation import evaluation_scalars, reconstruction_scores
 from music_vae.files import quiet_stderr
 from music_vae.latent import LatentDensity, fit_density
-from music_vae.backend import keras, ops
 from music_vae.model import kl_share
 from music_vae.run_page import write_run_page
 from music_vae.songs import fitted_rule, write_songs

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from music_vae.backend import keras
+from music_vae.config import TrainConfig
 from music_vae.dataset import find_samples
 from music_vae.evaluation import (
-    EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, reconstruct as rebuild, reconstruction_text,
-    write_evaluation,
+    EVALUATION_SAMPLES, evaluate_songs, evaluation_table, find_songs, reconstruction_text, write_evaluation,
 )
+from music_vae.evaluation import reconstruct as rebuild
 from music_vae.explore_server import SLIDERS, Explorer, make_server
 from music_vae.files import UsageError, atomic_write, npy_writer
 from music_vae.latent_space import PrincipalComponents, encode_midi, latents_around, read_song, slerp
@@ -29,25 +30,25 @@ from music_vae.songs import NoteRule, fixed_noise
 from music_vae.trained_run import TrainedRun
 
 
-def generate(run_dir, songs=10, seed=None, output_dir=None, song_options=None, synthesizer=None):
-    """New songs from a run's decoder: ``songs`` latent vectors drawn with ``seed`` (None: a
+def generate(run_dir, count=TrainConfig.songs, seed=None, output_dir=None, song_options=None, synthesizer=None):
+    """New songs from a run's decoder: ``count`` latent vectors drawn with ``seed`` (None: a
     new one, printed; the same seed gives the same songs), written as sample_songNN."""
     trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
     seed = new_seed() if seed is None else seed
-    noise = fixed_noise(songs, trained.decoder.input_shape[-1], seed)
+    noise = fixed_noise(count, trained.decoder.input_shape[-1], seed)
     written = trained.write(trained.density.latents(noise, trained.config.temperature), "sample")
     print(f"{len(written)} songs with seed {seed} in {trained.folder}: {song_list(written)}")
     return 0
 
 
-def evaluate(run_dir, data=None, validation=None, songs="final_*.mid", samples=EVALUATION_SAMPLES):
-    """Judge a run's songs (the MIDI files matching ``songs`` in its ``generated/midi``) and
+def evaluate(run_dir, data=None, validation=None, midi_glob="final_*.mid", samples=EVALUATION_SAMPLES):
+    """Judge a run's songs (the MIDI files matching ``midi_glob`` in its ``generated/midi``) and
     model against the data: the samples in ``data`` (default: the run's own) and the
     held-out ones in ``validation`` (default: the run's test split, else its validation
     split), at most ``samples`` of each. Writes RUN_DIR/evaluation.json and .png."""
     trained = TrainedRun(run_dir)
     run, state, config, settings = trained.run, trained.state, trained.config, trained.settings
-    song_paths = find_songs(run.generated / "midi", songs)
+    song_paths = find_songs(run.generated / "midi", midi_glob)
     folder = state["data"]["folder"]
     data_paths = find_samples(data, settings.shape)[0] if data else None
     held_out = find_samples(validation, settings.shape)[0] if validation else None
@@ -62,7 +63,7 @@ def evaluate(run_dir, data=None, validation=None, songs="final_*.mid", samples=E
         rule=trained.style.rule, settings=settings, samples=samples, seed=config.seed, data_folder=folder,
     )
     if not results["songs"]:
-        raise UsageError(f"none of the {len(song_paths)} files that match {songs!r} is a readable MIDI file")
+        raise UsageError(f"none of the {len(song_paths)} files that match {midi_glob!r} is a readable MIDI file")
     results["compared"]["data_folder"] = str(Path(data or folder).resolve())
     state["evaluation"], _ = write_evaluation(run.path, results)
     run.save(state)
@@ -123,15 +124,15 @@ def interpolate(run_dir, start, end, steps=8, measure=1, output_dir=None, song_o
 
 
 def variations(
-    run_dir, midi_path, songs=8, spread=0.25, seed=None, measure=1, output_dir=None, song_options=None,
+    run_dir, midi_path, count=8, spread=0.25, seed=None, measure=1, output_dir=None, song_options=None,
     synthesizer=None,
 ):
-    """Songs variation_songNN around a MIDI file's latent mean: ``spread`` 1 is as far as
-    the run's songs lie from their mean; ``seed`` None: a new one, printed."""
+    """``count`` songs variation_songNN around a MIDI file's latent mean: ``spread`` 1 is as
+    far as the run's songs lie from their mean; ``seed`` None: a new one, printed."""
     trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
     center, _ = encode_midi(trained.encoder, midi_path, trained.settings, measure - 1)
     seed = new_seed() if seed is None else seed
-    written = trained.write(latents_around(center, trained.density, songs, spread, seed), "variation")
+    written = trained.write(latents_around(center, trained.density, count, spread, seed), "variation")
     print(f"{len(written)} variations of {midi_path} with seed {seed} in {trained.folder}: {song_list(written)}")
     return 0
 

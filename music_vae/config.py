@@ -7,7 +7,7 @@ all made from these fields.
 
 A run records its config, every option's value, as its state's ``parameters``; the bench's
 check that two runs were trained alike compares those and the code that turns them into a
-model (run_folder.code_version), not this module.
+model (training.py and the modules it uses, see run_folder.code_version), not this module.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from music_vae.files import fraction, int_between, non_negative_float, positive_
 from music_vae.model import PRECISIONS, ModelConfig
 from music_vae.samples import DEFAULT_BPM, PITCHES
 
-RUN, MODEL, TRAINING, DEVICES, SONGS = (
+RUN_GROUP, MODEL_GROUP, TRAINING_GROUP, DEVICES_GROUP, SONGS_GROUP = (
     "data and run", "model (paper, section 4.1)", "training (paper, section 3.4)",
     "several devices and machines (docs/distributed.md)", "songs",
 )
@@ -36,9 +36,9 @@ def option(default, help, group, paper=dataclasses.MISSING, before=dataclasses.M
     help, group : str
         Its help text and its group on ``train --help``.
     paper : object, optional
-        Its value under ``--preset paper``, where that differs from ``default``.
+        Its value under ``--preset paper`` (where not given: ``default``).
     before : object, optional
-        What a run made before the option existed did, where that differs from ``default``.
+        What a run made before the option existed did (where not given: ``default``).
     resume : bool
         Whether ``--resume`` may change it: how long and how fast a run trains, where its
         data now are, what it logs and how many songs it writes. The rest would make it
@@ -47,8 +47,9 @@ def option(default, help, group, paper=dataclasses.MISSING, before=dataclasses.M
         Whether it says how a run's songs are drawn and written: the commands on a finished
         run take it from the run unless given.
     session : bool
-        Whether each session's command line decides it, never the run: how songs sound is
-        the business of the machine a session runs on (its FluidSynth and SoundFont files).
+        Whether each session's command line decides it (its default where not given), never
+        the run: how songs sound is the business of the machine a session runs on (its
+        FluidSynth and SoundFont files).
     page : bool
         Whether the run page lists it; the info file lists them all.
     **argument
@@ -67,7 +68,7 @@ def model_option(name, help, default=dataclasses.MISSING, page=False, before=dat
     default, and so is ``default`` unless given."""
     paper = getattr(PAPER_MODEL, name)
     default = paper if default is dataclasses.MISSING else default
-    return option(default, help, MODEL, paper=paper, before=before, page=page, **argument)
+    return option(default, help, MODEL_GROUP, paper=paper, before=before, page=page, **argument)
 
 
 # The defaults: the model's sizes are the paper's (section 4.1); how it learns and how its
@@ -78,15 +79,15 @@ class TrainConfig:
 
     # data and run
     data: str | None = option(
-        None, "folder of .npy samples made by data_loader.py (searched recursively)", RUN, resume=True, page=True,
+        None, "folder of .npy samples made by data_loader.py (searched recursively)", RUN_GROUP, resume=True, page=True,
         metavar="SAMPLES_DIR",
     )
-    run_name: str = option("RUN", "name of the run; its folder is <output-dir>/<YYYYMMDDHHMMSS>_<run-name>", RUN)
-    run_info: str = option("", "why this run: written at the top of its info file", RUN)
-    output_dir: str = option("runs", "where run folders go", RUN)
+    run_name: str = option("RUN", "name of the run; its folder is <output-dir>/<YYYYMMDDHHMMSS>_<run-name>", RUN_GROUP)
+    run_info: str = option("", "why this run: written at the top of its info file", RUN_GROUP)
+    output_dir: str = option("runs", "where run folders go", RUN_GROUP)
     preset: str | None = option(
-        None, "paper: the paper's settings (squared error, --lr 0.01, --batch-size 1, KL weight 1 throughout, songs "
-        "from the prior, each song's strongest cells as notes) for every option not given", RUN, page=True,
+        None, "paper: the paper's settings (sections 3.4 and 4.1; its note rule, \"a certain threshold\", is "
+        "unstated: each song's strongest cells stand in for it) for every option not given:", RUN_GROUP, page=True,
         choices=("paper",),
     )
     # model
@@ -135,95 +136,97 @@ class TrainConfig:
     )
     # training
     epochs: int = option(  # 30 minutes in mixed bfloat16 on vgmidi on a 2-core CPU, the budget of issue 22
-        100, "epochs to train", TRAINING, resume=True, page=True, type=int_between(1)
+        100, "epochs to train", TRAINING_GROUP, resume=True, page=True, type=int_between(1)
     )
-    batch_size: int = option(64, "samples per step", TRAINING, paper=1, resume=True, page=True, type=int_between(1))
-    lr: float = option(0.001, "Adam's learning rate", TRAINING, paper=0.01, page=True, type=positive_float)
-    validation_split: float = option(0.1, "share of the songs held out for validation", TRAINING, type=fraction)
+    batch_size: int = option(
+        64, "samples per step", TRAINING_GROUP, paper=1, resume=True, page=True, type=int_between(1)
+    )
+    lr: float = option(0.001, "Adam's learning rate", TRAINING_GROUP, paper=0.01, page=True, type=positive_float)
+    validation_split: float = option(0.1, "share of the songs held out for validation", TRAINING_GROUP, type=fraction)
     # held out for the figures a run reports, which nothing is tuned on
     test_split: float = option(
-        0.1, "share of the songs held out for testing: the evaluation's held-out songs", TRAINING, before=0.0,
+        0.1, "share of the songs held out for testing: the evaluation's held-out songs", TRAINING_GROUP, before=0.0,
         type=fraction,
     )
     seed: int = option(
-        SEED, "seed of the weights, the data order and the songs' latent vectors", TRAINING, page=True,
+        SEED, "seed of the weights, the data order and the songs' latent vectors", TRAINING_GROUP, page=True,
         type=int_between(0),
     )
     transpose: int = option(
-        6, "move each training song by up to this many semitones up or down, anew every epoch", TRAINING, paper=0,
+        6, "move each training song by up to this many semitones up or down, anew every epoch", TRAINING_GROUP, paper=0,
         before=0, page=True, type=int_between(0, 48),
     )
-    # 5% repeated measures, as the data
+    # a first measure drawn anew every epoch: 5% repeated measures in the songs, as in the data
     random_start: bool = option(
         True, "start each training song at a measure drawn anew every epoch, running on into the file's next sample",
-        TRAINING, paper=False, before=False, page=True, action=argparse.BooleanOptionalAction,
+        TRAINING_GROUP, paper=False, before=False, page=True, action=argparse.BooleanOptionalAction,
     )
     cache: bool = option(
         False, "keep all samples in memory, bit-packed (18 KB each), when they fit in half of it; by default one "
-        "batch at a time is read from disk", TRAINING, resume=True, action="store_true",
+        "batch at a time is read from disk", TRAINING_GROUP, resume=True, action="store_true",
     )
     precision: str = option(
-        "float32", "compute precision: mixed bfloat16 or float16 keep the weights and the loss in float32", TRAINING,
-        paper="float32", page=True, choices=tuple(PRECISIONS),
+        "float32", "compute precision: mixed bfloat16 or float16 keep the weights and the loss in float32",
+        TRAINING_GROUP, paper="float32", page=True, choices=tuple(PRECISIONS),
     )
     jit: bool | None = option(  # None: where XLA is faster, see model.default_jit
         None, "compile each step with XLA (default: where that is faster: with JAX, and with TensorFlow on a GPU)",
-        TRAINING, resume=True, action=argparse.BooleanOptionalAction,
+        TRAINING_GROUP, resume=True, action=argparse.BooleanOptionalAction,
     )
     log_every: int = option(
-        100, "batches between per-batch TensorBoard points", TRAINING, resume=True, type=int_between(1)
+        100, "batches between per-batch TensorBoard points", TRAINING_GROUP, resume=True, type=int_between(1)
     )
     # several devices
     distribute: str = option(
         "none", "data-parallel: spread every batch over the devices, each with a copy of the model (JAX or "
-        "TensorFlow); several machines join through the KERAS_DISTRIBUTION_* environment variables (JAX)", DEVICES,
-        resume=True, choices=("none", "data-parallel"),
+        "TensorFlow); several machines join through the KERAS_DISTRIBUTION_* environment variables (JAX)",
+        DEVICES_GROUP, resume=True, choices=("none", "data-parallel"),
     )
     devices: int | None = option(
         None, "with --distribute data-parallel: how many of this machine's GPUs (else CPUs) to use (default: all)",
-        DEVICES, resume=True, type=int_between(1),
+        DEVICES_GROUP, resume=True, type=int_between(1),
     )
     # songs
     songs_per_epoch: int = option(
-        3, "songs written after every epoch, from the same latent vectors each time", SONGS, resume=True,
+        3, "songs written after every epoch, from the same latent vectors each time", SONGS_GROUP, resume=True,
         type=int_between(0),
     )
-    songs: int = option(10, "songs written at the end", SONGS, resume=True, type=int_between(0))
+    songs: int = option(10, "songs written at the end", SONGS_GROUP, resume=True, type=int_between(0))
     sample_from: str = option(
         "data", "draw the songs' latent vectors from the prior N(0, I), or from a Gaussian fitted to the encoded "
-        "training songs after every epoch", SONGS, paper="prior", before="prior", resume=True, song=True, page=True,
-        choices=("prior", "data"),
+        "training songs after every epoch", SONGS_GROUP, paper="prior", before="prior", resume=True, song=True,
+        page=True, choices=("prior", "data"),
     )
     temperature: float = option(
-        1.0, "scale of the songs' distance from the density's mean", SONGS, paper=1.0, resume=True, song=True,
+        1.0, "scale of the songs' distance from the density's mean", SONGS_GROUP, paper=1.0, resume=True, song=True,
         type=positive_float,
     )
     note_rule: str = option(
         "expected", "which cells are notes: each song's strongest, as many as the average training sample has "
         "(per-song); those above one threshold for all songs, calibrated so that songs have that many on average "
         "(calibrated); or each measure's strongest, as many as its values sum to: the notes the decoder expects "
-        "there (expected)", SONGS, paper="per-song", before="per-song", resume=True, song=True, page=True,
+        "there (expected)", SONGS_GROUP, paper="per-song", before="per-song", resume=True, song=True, page=True,
         choices=("per-song", "calibrated", "expected"),
     )
     threshold: float | None = option(
-        None, "notes are the cells at or above this value, in place of --note-rule", SONGS, paper=None, song=True,
+        None, "notes are the cells at or above this value, in place of --note-rule", SONGS_GROUP, paper=None, song=True,
         page=True, type=probability,
     )
     max_pitches_per_step: int = option(
-        3, "only the strongest this many pitches of a step can be notes; 0: no cap", SONGS, paper=0, before=0,
+        3, "only the strongest this many pitches of a step can be notes; 0: no cap", SONGS_GROUP, paper=0, before=0,
         resume=True, song=True, page=True, type=int_between(0, PITCHES),
     )
     bpm: float = option(
-        DEFAULT_BPM, "tempo of the MIDI files in quarter notes per minute", SONGS, song=True, page=True,
+        DEFAULT_BPM, "tempo of the MIDI files in quarter notes per minute", SONGS_GROUP, song=True, page=True,
         type=positive_float,
     )
     audio: bool = option(
-        True, "render every song as a WAV file too, with FluidSynth where installed, else with sine waves", SONGS,
+        True, "render every song as a WAV file too, with FluidSynth where installed, else with sine waves", SONGS_GROUP,
         session=True, action=argparse.BooleanOptionalAction,
     )
     soundfont: str | None = option(
         None, "SoundFont for FluidSynth (default: the General MIDI one installed, e.g. Debian's fluid-soundfont-gm)",
-        SONGS, session=True, metavar="SF2",
+        SONGS_GROUP, session=True, metavar="SF2",
     )
 
     @classmethod
@@ -257,8 +260,10 @@ class TrainConfig:
         for field in dataclasses.fields(self):
             value, kept = given.get(field.name), getattr(self, field.name)
             if value is None and field.metadata["session"]:
-                value = field.default
-            if value is None or value == kept:
+                value = field.default  # not given: this machine's default, not the run's
+            elif value is None:
+                continue
+            if value == kept:
                 continue
             flag = "--" + field.name.replace("_", "-")
             if field.metadata["resume"] or field.metadata["session"]:
@@ -271,13 +276,8 @@ class TrainConfig:
     def with_song_options(self, given):
         """This config with the song options ``given`` (a dict; None: not given) in place of the run's."""
         return dataclasses.replace(self, **{
-            name: value for name, value in given.items() if value is not None and name in song_options()
+            name: value for name, value in given.items() if value is not None and name in song_option_names()
         })
-
-    def model_config(self, measures):
-        """The ModelConfig of this run, for songs of ``measures`` measures."""
-        names = [field.name for field in dataclasses.fields(ModelConfig) if field.name != "measures"]
-        return ModelConfig(measures=measures, **{name: getattr(self, name) for name in names})
 
     def parameters(self):
         """Every option's value, as a run's state records them."""
@@ -290,12 +290,12 @@ def given_options(namespace):
     return {field.name: getattr(namespace, field.name, None) for field in dataclasses.fields(TrainConfig)}
 
 
-def song_options():
+def song_option_names():
     """The names of the options that say how a run's songs are drawn and written."""
     return tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata["song"])
 
 
-def page_options():
+def page_option_names():
     """The names of the options the run page lists."""
     return tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata["page"])
 
@@ -338,9 +338,22 @@ def add_song_options(parser):
             add_option(parser, field, field.default)
 
 
+def paper_flags():
+    """The flags that ``--preset paper`` stands for: each option whose paper value is not its default."""
+    flags = []
+    for field in dataclasses.fields(TrainConfig):
+        paper = field.metadata.get("paper", field.default)
+        if paper != field.default:
+            flag = field.name.replace("_", "-")
+            flags.append(f"--{flag}" if paper is True else f"--no-{flag}" if paper is False else f"--{flag} {paper}")
+    return flags
+
+
 def add_option(parser, field, default):
     """Add ``field`` as ``--NAME`` to ``parser``, defaulting to None, its help naming ``default``."""
     help = field.metadata["help"]
+    if field.name == "preset":
+        help += " " + " ".join(paper_flags())
     if field.metadata["song"] and default is None:
         help += " (default: none)"
     elif default is not None and default is not False and default != "":  # 0 is a default to show

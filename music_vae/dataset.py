@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from music_vae.files import UsageError
 from music_vae.backend import keras
+from music_vae.files import UsageError
 from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings
 
 SEED = 0

@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 import os
 
-from music_vae.files import UsageError
 from music_vae.backend import keras
+from music_vae.files import UsageError
 
 # What keras.distribution.initialize reads: the coordinator's address ("host:port"; or every
 # process's, comma-separated), the number of processes, and this one's id, from 0.

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from music_vae import music_metrics
+from music_vae.backend import ops
 from music_vae.dataset import SEED, measure_places, read_sample, subset
 from music_vae.files import UsageError, atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.latent import ENCODE_BATCH, encode
-from music_vae.backend import ops
 from music_vae.samples import SkipFile, midi_to_song
 
 EVALUATION_SAMPLES = 1000  # data samples the songs are compared with, and held-out ones reconstructed

@@ -15,8 +15,8 @@ import io
 
 import numpy as np
 
-from music_vae.dataset import read_sample, subset
 from music_vae.backend import keras, ops
+from music_vae.dataset import read_sample, subset
 
 DENSITY_FILE = "latent_density.npz"  # in a run's model/ folder, beside the models it was fitted with
 DENSITY_SAMPLES = 512  # training songs encoded to fit it after every epoch: 4 for each of 120 x 120 covariances

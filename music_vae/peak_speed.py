@@ -26,8 +26,8 @@ def training_flops_per_sample(vae):
     inputs), but twice for the first layer, whose inputs (the songs) need no gradient.
     3.09 GFLOP for the default model (the usual 3 times for every layer would say 3.68)."""
     return sum(
-        (2 if number == 0 else 3) * 2 * rows * inputs * outputs
-        for number, (rows, inputs, outputs) in enumerate(dense_products(vae))
+        (2 if index == 0 else 3) * 2 * rows * inputs * outputs
+        for index, (rows, inputs, outputs) in enumerate(dense_products(vae))
     )
 
 

@@ -12,12 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from music_vae.backend import keras
 from music_vae.config import grouped_parameters
 from music_vae.distribute import listed_devices
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
 from music_vae.latent import DENSITY_FILE, LatentDensity
-from music_vae.backend import keras
 from music_vae.samples import PITCHES, DataSettings
 
 try:

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 
 from music_vae.audio import wav_writer
-from music_vae.files import atomic_write, figure_pixels, npy_writer, png_writer
 from music_vae.backend import ops
+from music_vae.files import atomic_write, figure_pixels, npy_writer, png_writer
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, piano_roll, seconds_per_step, song_seconds, song_to_midi
 
 MIN_THRESHOLD = 1e-6  # a note needs at least this value, even among the strongest cells

@@ -15,16 +15,14 @@ import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
 from music_vae.backend import keras
-from music_vae.callbacks import (
-    CtrlC, EpochEnd, KLSchedule, NonFiniteStop, ProgressBar, Speedometer, TensorBoardLog,
-)
+from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, NonFiniteStop, ProgressBar, Speedometer, TensorBoardLog
 from music_vae.config import TrainConfig
 from music_vae.dataset import EpochOrder, SongFiles, cache_fits, following_samples, read_data, read_sample, subset
 from music_vae.distribute import LocalCopy, Processes, choose_devices, undistributed
 from music_vae.evaluation import evaluate_songs, evaluation_table, write_evaluation
 from music_vae.files import UsageError, quiet_stderr
 from music_vae.latent import fit_density
-from music_vae.model import FusedAdam, build_vae, default_jit, precision
+from music_vae.model import FusedAdam, ModelConfig, build_vae, default_jit, precision
 from music_vae.peak_speed import peak_flops, training_flops_per_sample
 from music_vae.run_folder import RunFolder, data_settings, environment, now
 from music_vae.run_page import write_run_page
@@ -47,7 +45,7 @@ def train(given, resume=None):
             if processes.writes:
                 cleanup.enter_context(run.training())  # before its state is read: no other process changes it now
             state = run.load_state()
-            config = resumed_config(run, state, given, notes=processes.writes)
+            config = resumed_config(run, state, given, say_notes=processes.writes)
             if processes.writes:
                 run.recover(state["epochs_done"])
         else:
@@ -157,11 +155,14 @@ def train(given, resume=None):
         except KeyboardInterrupt:
             progress.end_line()
             finish(run, state, f"interrupted after epoch {state['epochs_done']}")
-            resume = f"python music_generator.py train --resume {run.path}"
+            resume_command = f"python music_generator.py train --resume {run.path}"
             if state["epochs_done"] < config.epochs:
-                print(f"Interrupted. Continue with: {resume}", file=sys.stderr)
+                print(f"Interrupted. Continue with: {resume_command}", file=sys.stderr)
             else:
-                print(f"Interrupted before the final songs and evaluation; write them with: {resume}", file=sys.stderr)
+                print(
+                    f"Interrupted before the final songs and evaluation; write them with: {resume_command}",
+                    file=sys.stderr,
+                )
             return 130
         except Exception as error:
             progress.end_line()
@@ -169,13 +170,13 @@ def train(given, resume=None):
                 finish(run, state, f"failed after epoch {state['epochs_done']}: {type(error).__name__}")
             if isinstance(error, OSError):  # a full disk: everything recorded so far is intact
                 where = f" ({error.filename})" if error.filename else ""
-                resume = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
-                raise OSError(error.errno, f"{error.strerror or error}{where}; {resume}") from error
+                then = f"when fixed, continue with: python music_generator.py train --resume {run.path}"
+                raise OSError(error.errno, f"{error.strerror or error}{where}; {then}") from error
             raise
         finish(run, state, "finished")
     print(f"Done: {run.path}")
-    songs = f"{len(written)} final songs, and {config.songs_per_epoch} per epoch"
-    print(f"  songs:       {run.generated / 'midi'} ({songs})")
+    summary = f"{len(written)} final songs, and {config.songs_per_epoch} per epoch"
+    print(f"  songs:       {run.generated / 'midi'} ({summary})")
     print(f"  page:        {run.page} (open it in a browser: songs to see and hear)")
     print(f"  info:        {run.info}")
     print(f"  TensorBoard: tensorboard --logdir {run.logs}")
@@ -232,11 +233,11 @@ def new_config(given):
     return config
 
 
-def resumed_config(run, state, given, notes=True):
+def resumed_config(run, state, given, say_notes=True):
     """The TrainConfig of a run to resume: the run's own, with those of the options
     ``given`` that may change (see TrainConfig.resumed); a note says each (where
-    ``notes``). ``state`` records the changes."""
-    config, changes = TrainConfig.of_run(state["parameters"]).resumed(given)
+    ``say_notes``). ``state`` records the changes."""
+    config, notes = TrainConfig.of_run(state["parameters"]).resumed(given)
     done = state["epochs_done"]
     if config.epochs < done:
         raise UsageError(f"{run.path} has done {done} epochs already; --epochs cannot take them back")
@@ -244,9 +245,9 @@ def resumed_config(run, state, given, notes=True):
     # songs and evaluation: resuming it writes them.
     if done >= config.epochs and state["status"] == "finished":
         raise UsageError(f"{run.path} has done its {config.epochs} epochs; pass --epochs N to train it longer")
-    for note in changes if notes else ():
+    for note in notes if say_notes else ():
         print(note, file=sys.stderr)
-    state["parameters"] = config.parameters()
+    state["parameters"] = {**state["parameters"], **config.parameters()}  # options since removed, kept on record
     return config
 
 
@@ -285,12 +286,18 @@ def model_to_train(run, state, config, data, jit):
     else:
         if state:
             print(f"note: no epoch of {run.path.name} had completed; it starts again from epoch 1", file=sys.stderr)
-        model_config = config.model_config(data.settings.measures)
-        vae = build_vae(model_config, note_density=data.mean_notes / math.prod(data.settings.shape))
+        note_density = data.mean_notes / math.prod(data.settings.shape)
+        vae = build_vae(model_config(config, data.settings.measures), note_density=note_density)
         optimizer = FusedAdam(learning_rate=config.lr)
     getattr(optimizer, "inner_optimizer", optimizer).fuse = not jit  # inside float16's loss scaling
     vae.compile(optimizer=optimizer, jit_compile=jit)
     return vae
+
+
+def model_config(config, measures):
+    """The ModelConfig of a run's ``config`` (its TrainConfig), for songs of ``measures`` measures."""
+    names = [field.name for field in dataclasses.fields(ModelConfig) if field.name != "measures"]
+    return ModelConfig(measures=measures, **{name: getattr(config, name) for name in names})
 
 
 def final_songs(run, state, vae, config, data, style, tensorboard):

@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ import pytest
 import music_generator as mg
 from music_vae.backend import keras
 from music_vae.callbacks import ProgressBar
-from music_vae.config import TrainConfig, given_options, grouped_parameters, page_options, song_options
+from music_vae.config import TrainConfig, given_options, grouped_parameters, page_option_names, song_option_names
+from music_vae.model import ModelConfig
 from music_vae.run_folder import RunFolder, info_text
 from music_vae.run_page import run_page
+from music_vae.training import model_config
 
 
 def parsed(*options):
@@ -38,7 +41,7 @@ def test_options_given_win_and_the_rest_take_their_preset_or_default():
     assert (config.lr, config.random_start, config.threshold, config.epochs) == (0.5, False, 0.3, 100)
     paper = TrainConfig.new(parsed("--preset", "paper", "--epochs", "7"))
     assert (paper.batch_size, paper.lr, paper.reconstruction, paper.free_bits, paper.epochs) == (1, 0.01, "mse", 0, 7)
-    assert paper.model_config(16) == paper.model_config(16).__class__(measures=16)  # the paper's model exactly
+    assert model_config(paper, 16) == ModelConfig(measures=16)  # the paper's model exactly
 
 
 def test_an_old_run_takes_what_it_did_before_an_option_existed_and_drops_options_gone():
@@ -61,11 +64,18 @@ def test_a_resumed_run_changes_only_what_resume_may_change_and_says_each():
     ]
 
 
+def test_how_songs_sound_follows_each_sessions_command_line_not_the_run():
+    run = TrainConfig.new(parsed("--soundfont", "my.sf2"))
+    assert run.resumed(parsed())[0].soundfont is None  # the best one this machine has
+    assert run.resumed(parsed("--soundfont", "other.sf2"))[0].soundfont == "other.sf2"
+
+
 def test_song_options_given_replace_the_runs_and_no_other():
     run = TrainConfig.new(parsed())
     changed = run.with_song_options({"temperature": 0.5, "note_rule": None, "lr": 9.0})
     assert (changed.temperature, changed.note_rule, changed.lr) == (0.5, run.note_rule, run.lr)
-    assert set(song_options()) == {"sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm"}
+    names = {"sample_from", "temperature", "note_rule", "threshold", "max_pitches_per_step", "bpm"}
+    assert set(song_option_names()) == names
 
 
 def test_the_info_file_and_the_run_page_list_the_options_by_group(tmp_path):
@@ -83,8 +93,8 @@ def test_the_info_file_and_the_run_page_list_the_options_by_group(tmp_path):
     info = info_text(state)
     assert info.index("training (paper, section 3.4):") < info.index("--lr                     0.001")
     page = run_page(RunFolder(tmp_path), json.loads(json.dumps(state)))
-    shown = [name for name in page_options() if f"--{name.replace('_', '-')}" in page]
-    assert shown == [name for name in page_options() if parameters[name] is not None]
+    shown = [name for name in page_option_names() if f"--{name.replace('_', '-')}" in page]
+    assert shown == [name for name in page_option_names() if parameters[name] is not None]
     assert "--log-every" not in page
 
 
@@ -114,3 +124,15 @@ def test_each_message_during_fit_starts_a_line_of_its_own(capfd):
     lines = capfd.readouterr().out.replace("\b", "").split("\n")
     said = [line for line in lines if "saved" in line or "Interrupted" in line]
     assert said == ["epoch 1: saved", "epoch 2: saved", "Interrupted."]
+
+
+def test_a_resumed_old_run_keeps_the_options_it_recorded_that_are_gone(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / tiny_run.name)  # a finished run of 1 epoch
+    state = json.loads((run / "state.json").read_text())
+    state["parameters"]["an_option_since_removed"] = 1
+    del state["parameters"]["test_split"]  # as a run made before --test-split existed
+    (run / "state.json").write_text(json.dumps(state))
+    assert mg.main(["train", "--resume", str(run), "--epochs", "2", "--songs", "0"]) == 0
+    parameters = json.loads((run / "state.json").read_text())["parameters"]
+    assert parameters["an_option_since_removed"] == 1 and parameters["test_split"] == 0.0
+    assert "  other:\n  --an-option-since-removed 1" in (run / f"{run.name}_info.txt").read_text()

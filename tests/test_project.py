@@ -1,6 +1,9 @@
 """The project around the two scripts: the sweep script, the README and docs/, .ci/run, the demo
 corpus."""
 
+import contextlib
+import importlib
+import io
 import re
 import shutil
 import subprocess
@@ -16,11 +19,13 @@ SWEEP = (REPO / "run_experiments.ps1").read_text()
 README_MOST_LINES = 200
 
 
-def options(*command):
-    """Every option string that ``--help`` of a script (and sub-command) lists."""
-    help_text = subprocess.run(
-        [sys.executable, *command, "--help"], capture_output=True, text=True, cwd=REPO, check=True
-    ).stdout
+def options(script, *command):
+    """Every option string that ``--help`` of a script (and sub-command) lists, asked in this
+    process: a subprocess per command would import TensorFlow nine times."""
+    parse_args = importlib.import_module(script.removesuffix(".py")).parse_args
+    with contextlib.redirect_stdout(io.StringIO()) as printed, pytest.raises(SystemExit):
+        parse_args([*command, "--help"])
+    help_text = printed.getvalue()
     # The option column of argparse's help, not its prose, which may quote other programs' options.
     columns = [found.group(1) for line in help_text.splitlines() if (found := re.match(r"\s+(-.*?)(\s{2,}|$)", line))]
     return set(re.findall(r"(--[a-z][a-z-]*)", " ".join(columns))) - {"--help"}
