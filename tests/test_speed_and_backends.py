@@ -120,14 +120,16 @@ def test_training_generation_and_loading_work_on_every_backend(tmp_path, backend
     assert f"(backend {backend})" in (folder / f"{folder.name}_info.txt").read_text()
     assert (folder / "generated" / "midi" / "final_song02.mid").is_file()
     run("music_generator.py", "train", "--resume", str(folder), "--epochs", "3")
-    run("music_generator.py", "generate", "--run", str(folder), "--songs", "1", "--seed", "4")
     vae = folder / "model" / "vae.keras"
+    # generate, and the model loaded, in one process: each process imports the backend anew.
     loaded = run(
         "-c",
-        f"import keras, music_generator; v = keras.saving.load_model({str(vae)!r}, safe_mode=True); "
+        f"import keras, music_generator as mg; assert mg.main(['generate', '--run', {str(folder)!r}, '--songs', '1', "
+        f"'--seed', '4']) == 0; v = keras.saving.load_model({str(vae)!r}, safe_mode=True); "
         "print(type(v).__name__, v.optimizer.iterations.numpy())",
     )
-    assert loaded.split() == ["VAE", "6"]  # 2 batches a epoch, 3 epochs
+    assert (folder / "generated" / "midi" / "sample_song01.mid").is_file()
+    assert loaded.splitlines()[-1].split() == ["VAE", "6"]  # 2 batches a epoch, 3 epochs
     history = json.loads((folder / "state.json").read_text())["history"]
     assert [row["kl_share"] for row in history] == [0, 0.5, 1]
     kl_cost = history[1]["loss"] - history[1]["reconstruction"]
