@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_data, read_sample  # noqa: E402
-from music_vae.config import TrainConfig, given_options, song_option_names  # noqa: E402
+from music_vae.config import TrainConfig, flag, given_options, song_option_names  # noqa: E402
 from music_vae.evaluation import evaluate_songs, originality  # noqa: E402
 from music_vae.backend import keras  # noqa: E402
 from music_vae.run_folder import RunFolder, code_version, data_settings, environment  # noqa: E402
@@ -268,7 +268,7 @@ def learnt(parameters):
 
 
 def flatten(song_options):
-    return [part for key, value in song_options.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+    return [part for key, value in song_options.items() for part in (flag(key), str(value))]
 
 
 def constructed(parameters):

@@ -265,12 +265,12 @@ class TrainConfig:
                 continue
             if value == kept:
                 continue
-            flag = "--" + field.name.replace("_", "-")
+            given_flag = f"{flag(field.name)} {value}"
             if field.metadata["resume"] or field.metadata["session"]:
-                notes.append(f"note: {flag} {value} from now on (the run had {kept})")
+                notes.append(f"note: {given_flag} from now on (the run had {kept})")
                 changes[field.name] = value
             else:
-                notes.append(f"note: {flag} {value} is ignored: the run keeps {kept} (a new run can change it)")
+                notes.append(f"note: {given_flag} is ignored: the run keeps {kept} (a new run can change it)")
         return dataclasses.replace(self, **changes), notes
 
     def with_song_options(self, given):
@@ -306,11 +306,10 @@ def grouped_parameters(parameters):
     groups = {}
     for field in dataclasses.fields(TrainConfig):
         if field.name in parameters:
-            flag = "--" + field.name.replace("_", "-")
-            groups.setdefault(field.metadata["group"], []).append((flag, parameters[field.name]))
+            groups.setdefault(field.metadata["group"], []).append((flag(field.name), parameters[field.name]))
     others = sorted(set(parameters) - {field.name for field in dataclasses.fields(TrainConfig)})
     if others:
-        groups["other"] = [("--" + name.replace("_", "-"), parameters[name]) for name in others]
+        groups["other"] = [(flag(name), parameters[name]) for name in others]
     return list(groups.items())
 
 
@@ -344,8 +343,8 @@ def paper_flags():
     for field in dataclasses.fields(TrainConfig):
         paper = field.metadata.get("paper", field.default)
         if paper != field.default:
-            flag = field.name.replace("_", "-")
-            flags.append(f"--{flag}" if paper is True else f"--no-{flag}" if paper is False else f"--{flag} {paper}")
+            name = flag(field.name)
+            flags.append(name if paper is True else f"--no-{name[2:]}" if paper is False else f"{name} {paper}")
     return flags
 
 
@@ -358,5 +357,9 @@ def add_option(parser, field, default):
         help += " (default: none)"
     elif default is not None and default is not False and default != "":  # 0 is a default to show
         help += f" (default: {'on' if default is True else default})"
-    flag = "--" + field.name.replace("_", "-")
-    parser.add_argument(flag, default=None, help=help, **field.metadata["argument"])
+    parser.add_argument(flag(field.name), default=None, help=help, **field.metadata["argument"])
+
+
+def flag(name):
+    """The command-line flag of option ``name``: ``--max-pitches-per-step`` of ``max_pitches_per_step``."""
+    return "--" + name.replace("_", "-")

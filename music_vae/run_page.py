@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import jinja2
 
-from music_vae.config import page_option_names
+from music_vae.config import flag, page_option_names
 from music_vae.evaluation import feature_rows, summary_rows
 from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
 from music_vae.run_folder import devices_text, loss_columns, now, split_text
@@ -41,7 +41,7 @@ def run_page(run, state, evaluation=None):
         ("status", f"{state['status']}, {state['epochs_done']} of {parameters['epochs']} epochs done"),
     ]
     shown = [key for key in page_option_names() if parameters.get(key) is not None]  # no "--threshold None"
-    rows += [(f"--{key.replace('_', '-')}", parameters[key]) for key in shown]
+    rows += [(flag(key), parameters[key]) for key in shown]
     if "model" in state:
         rows.append(("parameters of the model", f"{state['model']['parameters']:,}"))
     if "data" in state:
