@@ -70,8 +70,8 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
     ``fit`` before EpochEnd, it ends an epoch's line before EpochEnd says what it saved;
     ``end_line`` ends a line that a stop left unfinished, before the stop is reported."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        super().on_epoch_begin(epoch, logs)
+    def __init__(self):
+        super().__init__()
         self.line_open = False
 
     def on_train_batch_end(self, batch, logs=None):
@@ -83,7 +83,7 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
         self.line_open = False
 
     def end_line(self):
-        if getattr(self, "line_open", False):
+        if self.line_open:
             sys.stdout.write("\n")
             sys.stdout.flush()
             self.line_open = False
