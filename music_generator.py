@@ -9,6 +9,7 @@
     python music_generator.py interpolate --run RUN_DIR --from A.mid --to B.mid [--steps 8]
     python music_generator.py variations --run RUN_DIR SONG.mid [--songs 8] [--spread S]
     python music_generator.py explore --run RUN_DIR [--port 8000] [--host 127.0.0.1]
+    python music_generator.py export --run RUN_DIR [--output-dir DIR] [--weights float32|float16|int8]
 
 Each run gets its own folder: an info file, TensorBoard logs, the models, and songs decoded
 from the same latent vectors after every epoch, as .npy, MIDI, piano-roll PNG and WAV, so
@@ -29,6 +30,7 @@ try:
     from music_vae.evaluation import EVALUATION_SAMPLES
     from music_vae.explore_server import SLIDERS
     from music_vae.files import ArgumentParser, UsageError, int_between, positive_float
+    from music_vae.portable import WEIGHTS
     from music_vae.training import train
 except ImportError as error:
     if __name__ != "__main__":
@@ -160,6 +162,22 @@ def parse_args(argv=None):
     explore_parser.add_argument(
         "--sliders", type=int_between(1, 120), default=SLIDERS, help="principal components shown (default: %(default)s)"
     )
+    export_parser = subcommands.add_parser(
+        "export", help="write a run's decoder and explore page as a folder that plays without Python",
+        description="Write RUN_DIR/export: the run's decoder as ONNX (decoder.onnx), what turns slider positions "
+        "into a song (song_space.json), and the explore page as static files that decode in the browser with "
+        "onnxruntime-web; any static web server serves it. Needs pip install -r requirements-export.txt.",
+    )
+    export_parser.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+    export_parser.add_argument("--output-dir", metavar="DIR", help="the folder to write (default: RUN_DIR/export)")
+    export_parser.add_argument(
+        "--weights", choices=WEIGHTS, default="float32",
+        help="how decoder.onnx stores its weights: float16 halves the download, int8 quarters it, each changing "
+        "a few notes (the export says how many) (default: %(default)s)",
+    )
+    export_parser.add_argument(
+        "--sliders", type=int_between(1, 120), default=SLIDERS, help="principal components shown (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -197,6 +215,8 @@ def run_command(args):
         return commands.encode(args.run, args.midi, args.measure, args.output_dir)
     if args.command == "explore":
         return commands.explore(args.run, args.host, args.port, args.sliders)
+    if args.command == "export":
+        return commands.export(args.run, args.output_dir, args.weights, args.sliders)
     writing = dict(
         output_dir=args.output_dir,
         song_options={name: getattr(args, name) for name in song_option_names()},

@@ -1,5 +1,5 @@
 """The commands that work on a finished run, as functions of plain arguments: generate,
-evaluate, encode, reconstruct, interpolate, variations and explore (train is in
+evaluate, encode, reconstruct, interpolate, variations, explore and export (train is in
 training.py). Each returns the exit code and raises UsageError for a user's mistake;
 music_generator.py turns its command line into one call of them.
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from music_vae import portable, web_runtime
 from music_vae.backend import keras
 from music_vae.config import TrainConfig
 from music_vae.dataset import find_samples
@@ -160,6 +161,40 @@ def run_explorer(trained, sliders=SLIDERS):
         trained.decoder, trained.encoder, PrincipalComponents.of_density(data, sliders), trained.density,
         trained.style.rule, trained.settings, trained.config.bpm, trained.run.path.name,
     )
+
+
+def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
+    """Write a run's decoder as ONNX, its song space as JSON and its explore page as static
+    files into one folder (default: RUN_DIR/export) that any static web server serves, and
+    say how many notes the exported decoder changes against the run's own."""
+    portable.need_export_libraries()
+    trained = TrainedRun(run_dir)
+    folder = Path(output_dir) if output_dir else trained.run.path / "export"
+    portable.check_folder(folder)  # before the minutes of work below
+    runtime = web_runtime.runtime_files()
+    explorer = run_explorer(trained, sliders)
+    model = portable.with_weights(portable.decoder_onnx(trained.decoder), weights).SerializeToString()
+    rule, config = trained.style.rule, trained.config
+    agreement = portable.notes_changed(model, trained.decoder, trained.density, rule, config.seed + 3)
+    decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **agreement}
+    space = portable.song_space(
+        trained.run.path.name, trained.state["parameters"], trained.settings, explorer.components, trained.density,
+        rule, config.bpm, decoder_info,
+    )
+    files = {
+        "decoder.onnx": model, "song_space.json": portable.as_json(space),
+        "index.html": portable.static_page(space).encode(),
+        "README.txt": portable.readme(space, trained.run.path).encode(),
+        portable.EXAMPLE.name: portable.EXAMPLE, **{path.name: path for path in runtime},
+    }
+    portable.write_folder(folder, files)
+    print(
+        f"Exported {trained.run.path.name} to {folder}: decoder.onnx {len(model) / 1e6:.1f} MB ({weights} weights; "
+        f"{agreement['notes_changed']:.2%} of the notes of {portable.AGREEMENT_SONGS} songs change against the "
+        f"run's decoder), the page, its song space and onnxruntime-web {web_runtime.VERSION}"
+    )
+    print(f"Play it: python -m http.server --directory {folder} 8000, then open http://127.0.0.1:8000/")
+    return 0
 
 
 def agreement(song, notes):

@@ -281,7 +281,7 @@ def split_text(data):
 # change what it learns. config.py decides only a run's parameters, which are compared apart.
 NOT_TRAINING_CODE = (
     "audio.py", "commands.py", "config.py", "evaluation.py", "explore_server.py", "latent_space.py", "music_metrics.py",
-    "peak_speed.py", "run_page.py", "trained_run.py",
+    "peak_speed.py", "portable.py", "run_page.py", "trained_run.py", "web_runtime.py",
 )
 
 
