@@ -81,6 +81,13 @@ def test_smaller_weights_halve_and_quarter_the_decoder_and_say_what_they_change(
     assert 0.45 < sizes["float16"] / sizes["float32"] < 0.56 and 0.2 < sizes["int8"] / sizes["float32"] < 0.35
     latents = trained.density.latents(fixed_noise(20, len(trained.density.mean), 5))
     reference = decode(trained.decoder, latents)
+    int8 = portable.with_weights(model, "int8")
+    stored = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in int8.graph.initializer}
+    originals = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    for name, matrix in originals.items():
+        if matrix.ndim == 2:  # each column at its own scale: its largest weight is +-127
+            values, scale = stored[f"{name}_int8"], stored[f"{name}_scale"]
+            assert (np.abs(values).max(axis=0) == 127).all() and np.all(np.abs(values * scale - matrix) <= scale / 2)
     for weights, tolerance in (("float16", 2e-3), ("int8", 2e-2)):
         smaller = portable.with_weights(model, weights).SerializeToString()
         assert 0 < np.abs(portable.onnx_decode(smaller, latents) - reference).max() < tolerance, weights
