@@ -2,7 +2,7 @@
 slider positions (or a latent vector, or a random draw) in, a MIDI file out.
 
     pip install onnxruntime numpy
-    python decode_with_onnxruntime.py --folder RUN_DIR/export --positions 1.5,-0.5,0.8 --output song.mid
+    python decode_with_onnxruntime.py --folder RUN_DIR/export --positions=-1.5,0.5,0.8 --output song.mid
     python decode_with_onnxruntime.py --folder RUN_DIR/export --random 7 --output song.mid
 
 ``music_generator.py export`` copies this file into the folder it writes, beside
@@ -88,12 +88,13 @@ class SongSpace:
 def song_notes(values, rule, pitches, threshold=None):
     """The 0/1 notes (measures, pitches * steps) that ``rule`` (song_space.json's note_rule)
     picks from one song's ``values``, or the cells at or above ``threshold``."""
+    if threshold is not None:
+        return (values >= threshold).astype(np.uint8)
     capped = values
     if rule["max_pitches_per_step"]:
         capped = strongest_per_step(values, rule["max_pitches_per_step"], pitches)
-    threshold = rule["threshold"] if threshold is None else threshold
-    if threshold is not None:
-        return (capped >= threshold).astype(np.uint8)
+    if rule["threshold"] is not None:
+        return (capped >= rule["threshold"]).astype(np.uint8)
     kept = np.zeros_like(capped)
     if rule["method"] == "expected":  # each measure as many notes as its values sum to, scaled
         passing = np.inf
@@ -136,28 +137,42 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default=Path(__file__).parent, help="the export folder (default: this file's)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--positions", help="slider positions, comma-separated (default: all 0, the mean song)")
+    where.add_argument(
+        "--positions", help="slider positions, comma-separated, in standard deviations (default: all 0, the mean "
+        "song); one that starts with a minus sign after an equals sign: --positions=-1.5,0.5",
+    )
     where.add_argument("--latent", help="a latent vector as .npy, as music_generator.py encode saves it")
     where.add_argument("--random", type=int, metavar="SEED", help="a song drawn from the run's density")
     parser.add_argument("--output", default="song.mid", help="the MIDI file to write (default: %(default)s)")
     args = parser.parse_args()
     try:
         songs = SongSpace(args.folder)
-    except (OSError, ValueError, KeyError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as error:
+    except Exception as error:  # noqa: BLE001 - a missing or broken file, said in one line
         parser.error(f"{args.folder} is not an export of music_generator.py export: {error}")
     if args.latent:
-        latent = np.load(args.latent)
+        try:
+            latent = np.load(args.latent).astype(np.float32).reshape(len(songs.mean))
+        except (OSError, ValueError) as error:
+            parser.error(f"--latent {args.latent}: not a latent vector of {len(songs.mean)} numbers: {error}")
     elif args.random is not None:
         latent = songs.random_latent(args.random)
     else:
-        positions = [float(value) for value in args.positions.split(",")] if args.positions else []
+        try:
+            positions = [float(value) for value in args.positions.split(",")] if args.positions else []
+        except ValueError:
+            parser.error(f"--positions {args.positions}: not comma-separated numbers")
+        if len(positions) > len(songs.deviations):
+            parser.error(f"--positions: {len(positions)} positions for {len(songs.deviations)} sliders")
         latent = songs.latent(positions)
     songs.decode(latent)  # the first run of a session prepares it: a game does that while it loads
     start = time.perf_counter()
     values = songs.decode(latent)[0]
     decoded = time.perf_counter() - start
     notes = songs.notes(values)
-    Path(args.output).write_bytes(songs.midi(notes))
+    try:
+        Path(args.output).write_bytes(songs.midi(notes))
+    except OSError as error:
+        parser.error(f"cannot write {args.output}: {error.strerror or error}")
     print(f"{args.output}: {int(notes.sum())} notes; decoding took {decoded * 1000:.1f} ms")
 
 

@@ -11,6 +11,7 @@ onnxruntime folds into float32 matrices as it loads the model).
 """
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -30,7 +31,9 @@ from music_vae.songs import fixed_noise
 WEIGHTS = ("float32", "float16", "int8")
 AGREEMENT_SONGS = 100  # songs of the run's density on which the exported decoder is compared with Keras'
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "decode_with_onnxruntime.py"
-MARKER = "song_space.json"  # a folder with it is an export, which a new export may replace
+# The files of an export: a folder holding these alone (song_space.json among them) may be replaced.
+EXPORT_FILES = {"decoder.onnx", "song_space.json", "index.html", "README.txt", EXAMPLE.name, *web_runtime.FILES,
+                web_runtime.LICENCE}
 README = """\
 {name}: a music_vae run, exported
 
@@ -42,7 +45,7 @@ A variational autoencoder's decoder that turns {latent} numbers into a {measures
                                 (batch, {measures}, {cells}) note probabilities ({weights} weights)
   song_space.json               slider axes, the run's latent density, its note rule, the pitch window
   decode_with_onnxruntime.py    a song from the decoder with onnxruntime and numpy alone
-  ort.wasm.min.js, ort-wasm-*   onnxruntime-web {runtime_version} (MIT licence; package.json)
+  ort.wasm.min.js, ort-wasm-*   onnxruntime-web {runtime_version} (MIT licence: package.json)
 
 Serve the folder with any static web server and open it, for example:
 
@@ -56,8 +59,14 @@ Run: {run}
 """
 
 
+KERAS_WITH_ONNX = (3, 8)  # the first Keras whose model.export writes ONNX
+
+
 def need_export_libraries():
-    """Import onnx, onnxruntime and tf2onnx, or raise a UsageError naming their requirements file."""
+    """Import onnx, onnxruntime and tf2onnx, or raise a UsageError naming their requirements
+    file; likewise where Keras is too old to export ONNX."""
+    if keras_version() < KERAS_WITH_ONNX:
+        raise UsageError(f"export needs Keras 3.8 or newer (this is {keras.__version__}): pip install -U keras")
     missing = []
     for name in ("onnx", "onnxruntime", "tf2onnx"):
         try:
@@ -67,6 +76,11 @@ def need_export_libraries():
             missing.append(name)
     if missing:
         raise UsageError(f"export needs {', '.join(missing)}: pip install -r requirements-export.txt")
+
+
+def keras_version():
+    """Keras' version as (major, minor)."""
+    return tuple(int(part) for part in keras.__version__.split(".")[:2])
 
 
 def float32_decoder(decoder):
@@ -179,12 +193,13 @@ def onnx_decode(model_bytes, latents):
 
 
 def notes_changed(model_bytes, decoder, density, rule, seed, count=AGREEMENT_SONGS):
-    """How far the ONNX decoder ``model_bytes`` agrees with the Keras ``decoder`` (in float32)
-    on ``count`` songs drawn from ``density`` with ``seed``: {"notes_changed": the cells that
-    are a note in one and not the other, as a share of the Keras songs' notes, "largest_difference":
-    of a value}. Notes are picked by ``rule`` (a NoteRule)."""
+    """How far the ONNX decoder ``model_bytes`` agrees with the run's Keras ``decoder``, in
+    the precision it computes in (a bfloat16 run's differs from its float32 export), on
+    ``count`` songs drawn from ``density`` with ``seed``: {"notes_changed": the cells that are
+    a note in one and not the other, as a share of the Keras songs' notes,
+    "largest_difference": of a value}. Notes are picked by ``rule`` (a NoteRule)."""
     latents = density.latents(fixed_noise(count, len(density.mean), seed))
-    reference = np.asarray(float32_decoder(decoder).predict(latents, batch_size=20, verbose=0), np.float32)
+    reference = np.asarray(decoder.predict(latents, batch_size=20, verbose=0), np.float32)
     exported = onnx_decode(model_bytes, latents)
     changed = notes = 0
     for ours, theirs in zip(reference, exported):
@@ -244,9 +259,10 @@ def readme(space, run_path):
 
 def check_folder(folder):
     """Raise a UsageError where an export cannot be written as ``folder``: it exists and is
-    not an export (which would be replaced), or its parent cannot be made."""
+    not an export alone (whatever else it holds, a run included, would go with it), or its
+    parent cannot be made."""
     folder = Path(folder)
-    if folder.exists() and not (folder / MARKER).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.is_symlink() or (folder.exists() and not is_export(folder)):
         raise UsageError(f"{folder} exists and is not an export: choose another --output-dir, or remove it")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -254,11 +270,19 @@ def check_folder(folder):
         raise UsageError(f"cannot write to {folder.parent}: {error.strerror or error}") from None
 
 
+def is_export(folder):
+    """Whether ``folder`` is an empty folder, or one that holds an export's files and nothing else."""
+    if not folder.is_dir():
+        return False
+    names = {path.name for path in folder.iterdir()}
+    return not names or ("song_space.json" in names and names <= EXPORT_FILES)
+
+
 def write_folder(folder, files):
     """Write ``files`` ({name: bytes, or the Path of a file to copy}) as the folder
     ``folder``, in one step: they go into a hidden part folder beside it, which replaces
     ``folder`` once complete, so that a stop leaves the old export or the new one, never a
-    half-written folder under its name. A stale part folder from such a stop is removed.
+    half-written folder under its name. What such a stop left is cleared first.
 
     Raises
     ------
@@ -266,8 +290,11 @@ def write_folder(folder, files):
         As check_folder, or the part folder cannot be made.
     """
     folder = Path(folder)
+    old = folder.parent / f".{folder.name}.part-old"
+    if old.is_dir() and not folder.exists():  # a stop between the two renames below: the old export comes back
+        old.rename(folder)
     check_folder(folder)
-    for stale in folder.parent.glob(f".{folder.name}.part-*"):
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.part-*"):
         shutil.rmtree(stale, ignore_errors=True)
     try:
         part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.part-", dir=folder.parent))
@@ -281,10 +308,14 @@ def write_folder(folder, files):
             else:
                 (part / name).write_bytes(content)
             flush_to_disk(part / name)
-        old = folder.parent / f".{folder.name}.part-old"
         if folder.exists():
             folder.rename(old)
-        part.rename(folder)
+        try:
+            part.rename(folder)
+        except BaseException:
+            if old.exists():
+                old.rename(folder)
+            raise
         flush_to_disk(folder.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:

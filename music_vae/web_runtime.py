@@ -8,6 +8,7 @@ them ahead of time (before going offline, say).
 
 import base64
 import hashlib
+import http.client
 import io
 import shutil
 import sys
@@ -26,19 +27,20 @@ INTEGRITY = "sha512-5GeH+bWQ+HxM10z7erGlsWqryrwMbSvm/1tkIsKTT48g0fI19VXVVC435t4t
 # CPU, where a 16-measure song takes about 30 ms (bench/export_speed.py). ort.wasm.min.js is a
 # classic script, ort-wasm-simd-threaded.mjs the module it imports, the .wasm the runtime.
 FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+LICENCE = "package.json"  # the package's version and licence (MIT); it ships no licence file
 FOLDER = Path(__file__).resolve().parent.parent / "vendor" / f"onnxruntime-web-{VERSION}"
 INSTALL_COMMAND = "python -m music_vae.web_runtime"
 
 
 def runtime_files(folder=FOLDER, fetch=True):
-    """The paths of FILES in ``folder``, fetched first where one is missing and ``fetch``.
+    """The paths of FILES and LICENCE in ``folder``, fetched first where one is missing and ``fetch``.
 
     Raises
     ------
     UsageError
         A file is missing and cannot be fetched (offline, say), or ``fetch`` is False.
     """
-    paths = [Path(folder) / name for name in FILES]
+    paths = [Path(folder) / name for name in (*FILES, LICENCE)]
     if not all(path.is_file() for path in paths):
         if not fetch:
             raise UsageError(f"onnxruntime-web {VERSION} is not in {folder}: fetch it with {INSTALL_COMMAND}")
@@ -47,13 +49,13 @@ def runtime_files(folder=FOLDER, fetch=True):
 
 
 def install(folder=FOLDER):
-    """Fetch onnxruntime-web VERSION from the npm registry, check its hash and put FILES,
-    with its licence, into ``folder`` (replacing what is there, in one step)."""
+    """Fetch onnxruntime-web VERSION from the npm registry, check its hash and put FILES and
+    LICENCE into ``folder``, in place of what is there; what an earlier stop left is removed."""
     print(f"Fetching onnxruntime-web {VERSION} from the npm registry (35 MB, once) into {folder}", flush=True)
     try:
         with urllib.request.urlopen(TARBALL, timeout=60) as answer:
             tarball = answer.read()
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise UsageError(
             f"cannot fetch onnxruntime-web {VERSION} ({reason}); on a machine that is online run "
@@ -64,14 +66,15 @@ def install(folder=FOLDER):
         raise UsageError(f"{TARBALL} does not match its published hash; not installed")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.part-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.part-", dir=folder.parent))
     part.chmod(0o777 & ~UMASK)  # mkdtemp's folder is private; a web server may run as another user
     try:
         with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
             for name in FILES:
                 (part / name).write_bytes(archive.extractfile(f"package/dist/{name}").read())
-            licence = archive.extractfile("package/package.json").read()
-        (part / "package.json").write_bytes(licence)  # its version and licence (MIT)
+            (part / LICENCE).write_bytes(archive.extractfile(f"package/{LICENCE}").read())
         if folder.exists():
             shutil.rmtree(folder)
         part.rename(folder)
