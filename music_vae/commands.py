@@ -154,13 +154,18 @@ def explore(run_dir, host="127.0.0.1", port=8000, sliders=SLIDERS):
 
 
 def run_explorer(trained, sliders=SLIDERS):
-    """The Explorer of a TrainedRun: ``sliders`` principal components of the density of its
-    encoded training songs (fitted and saved once, where the run has none)."""
-    data = trained.run.latent_density("data", trained.decoder.input_shape[-1], trained.fit_density)
+    """The Explorer of a TrainedRun, with ``sliders`` sliders (see slider_axes)."""
     return Explorer(
-        trained.decoder, trained.encoder, PrincipalComponents.of_density(data, sliders), trained.density,
-        trained.style.rule, trained.settings, trained.config.bpm, trained.run.path.name,
+        trained.decoder, trained.encoder, slider_axes(trained, sliders), trained.density, trained.style.rule,
+        trained.settings, trained.config.bpm, trained.run.path.name,
     )
+
+
+def slider_axes(trained, sliders=SLIDERS):
+    """The PrincipalComponents that ``sliders`` sliders move a TrainedRun's songs along: of the
+    density of its encoded training songs (fitted and saved once, where the run has none)."""
+    data = trained.run.latent_density("data", trained.decoder.input_shape[-1], trained.fit_density)
+    return PrincipalComponents.of_density(data, sliders)
 
 
 def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
@@ -172,14 +177,13 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     folder = Path(output_dir) if output_dir else trained.run.path / "export"
     portable.check_folder(folder)  # before the minutes of work below
     runtime = web_runtime.runtime_files()
-    explorer = run_explorer(trained, sliders)
     model = portable.with_weights(portable.decoder_onnx(trained.decoder), weights).SerializeToString()
     rule, config = trained.style.rule, trained.config
     agreement = portable.notes_changed(model, trained.decoder, trained.density, rule, config.seed + 3)
     decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **agreement}
     space = portable.song_space(
-        trained.run.path.name, trained.state["parameters"], trained.settings, explorer.components, trained.density,
-        rule, config.bpm, decoder_info,
+        trained.run.path.name, trained.state["parameters"], trained.settings, slider_axes(trained, sliders),
+        trained.density, rule, config.bpm, decoder_info,
     )
     files = {
         "decoder.onnx": model, "song_space.json": portable.as_json(space),

@@ -29,6 +29,7 @@ from music_vae.samples import NOTE_STEPS, PITCHES, STEPS_PER_MEASURE
 from music_vae.songs import fixed_noise
 
 WEIGHTS = ("float32", "float16", "int8")
+KERAS_WITH_ONNX = (3, 8)  # the first Keras whose model.export writes ONNX
 AGREEMENT_SONGS = 100  # songs of the run's density on which the exported decoder is compared with Keras'
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "decode_with_onnxruntime.py"
 # The files of an export: a folder holding these alone (song_space.json among them) may be replaced.
@@ -57,9 +58,6 @@ from file:// may not fetch other files. The page loads nothing from the network.
 Made by: python music_generator.py export --run {run} --weights {weights}
 Run: {run}
 """
-
-
-KERAS_WITH_ONNX = (3, 8)  # the first Keras whose model.export writes ONNX
 
 
 def need_export_libraries():
