@@ -91,3 +91,15 @@ def find_chromium():
         if path := shutil.which(name):
             return path
     return None
+
+
+def roll_picture(page):
+    """The piano roll of an explore page (a playwright page) as a data URL: the same picture, the same roll."""
+    return page.evaluate("document.getElementById('roll').toDataURL()")
+
+
+def after_a_draw(page, action):
+    """Call ``action()`` on an explore page and wait until the page has drawn its roll again and settled."""
+    draws = page.evaluate("window.explorer.state.draws")
+    action()
+    page.wait_for_function(f"window.explorer.state.draws > {draws} && window.explorer.settled()")

@@ -23,7 +23,7 @@ from music_vae.backend import keras
 from music_vae.music_metrics import onset_scores
 from music_vae.samples import midi_to_samples, midi_to_song, song_to_midi
 from music_vae.songs import decode
-from helpers import make_samples, train
+from helpers import after_a_draw, make_samples, roll_picture, train
 
 
 def test_slerp_starts_and_ends_at_its_ends_and_keeps_to_the_sphere_between():
@@ -339,29 +339,21 @@ def test_the_page_draws_plays_opens_and_saves_songs_in_chromium(server, run_and_
         page.goto(server)
         page.wait_for_function("window.explorer && window.explorer.state.draws >= 1 && window.explorer.settled()")
 
-        def roll():
-            return page.evaluate("document.getElementById('roll').toDataURL()")
-
-        def after_a_draw(action):
-            draws = page.evaluate("window.explorer.state.draws")
-            action()
-            page.wait_for_function(f"window.explorer.state.draws > {draws} && window.explorer.settled()")
-
         def sliders():
             return page.evaluate("[...window.explorer.state.positions]")
 
-        first = roll()
-        after_a_draw(lambda: page.fill("#threshold", "0.02"))  # every cell the decoder is sure of at 2%
-        thresholded = roll()
-        after_a_draw(lambda: page.locator("#sliders input").first.fill("3"))
-        assert roll() != thresholded and sliders()[0] == 3
-        after_a_draw(lambda: page.click("#reset"))
-        assert sliders() == [0, 0, 0, 0] and roll() == thresholded
-        after_a_draw(lambda: page.fill("#threshold", "0"))
-        assert roll() == first
-        after_a_draw(lambda: page.click("#random"))
+        first = roll_picture(page)
+        after_a_draw(page, lambda: page.fill("#threshold", "0.02"))  # every cell the decoder is sure of at 2%
+        thresholded = roll_picture(page)
+        after_a_draw(page, lambda: page.locator("#sliders input").first.fill("3"))
+        assert roll_picture(page) != thresholded and sliders()[0] == 3
+        after_a_draw(page, lambda: page.click("#reset"))
+        assert sliders() == [0, 0, 0, 0] and roll_picture(page) == thresholded
+        after_a_draw(page, lambda: page.fill("#threshold", "0"))
+        assert roll_picture(page) == first
+        after_a_draw(page, lambda: page.click("#random"))
         assert sliders() != [0, 0, 0, 0]
-        after_a_draw(lambda: page.set_input_files("#open", str(song_file)))
+        after_a_draw(page, lambda: page.set_input_files("#open", str(song_file)))
         encoded = sliders()
         assert encoded != [0, 0, 0, 0]
         placed = page.text_content("#placed")

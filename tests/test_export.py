@@ -17,7 +17,7 @@ import pretty_midi
 import pytest
 
 import music_generator as mg
-from helpers import REPO, train
+from helpers import REPO, after_a_draw, roll_picture, train
 from music_vae import portable, web_runtime
 from music_vae.files import UsageError
 from music_vae.songs import NoteRule, decode, fixed_noise
@@ -340,29 +340,21 @@ def test_the_exported_page_plays_in_chromium_with_no_project_process(
         assert page.text_content("#status") == ""
         assert page.locator("#open").count() == 0 and page.locator("#download-wav").count() == 0
 
-        def roll():
-            return page.evaluate("document.getElementById('roll').toDataURL()")
-
-        def after_a_draw(action):
-            draws = page.evaluate("window.explorer.state.draws")
-            action()
-            page.wait_for_function(f"window.explorer.state.draws > {draws} && window.explorer.settled()")
-
         def shown():
             return sorted(map(tuple, page.evaluate("window.explorer.state.notes")))
 
         measure, pitch, step = np.nonzero(at_the_mean.reshape(16, 96, 96))
         assert shown() == sorted(zip(measure * 96 + step, pitch + 16)) and shown()  # the Python decoder's notes
-        after_a_draw(lambda: page.fill("#threshold", "0.02"))  # the cells at or above 2%, uncapped
+        after_a_draw(page, lambda: page.fill("#threshold", "0.02"))  # the cells at or above 2%, uncapped
         measure, pitch, step = np.nonzero((values_at_the_mean >= 0.02).reshape(16, 96, 96))
         assert shown() == sorted(zip(measure * 96 + step, pitch + 16))
-        after_a_draw(lambda: page.fill("#threshold", "0"))
-        first = roll()
-        after_a_draw(lambda: page.locator("#sliders input").first.fill("3"))
-        assert roll() != first and page.evaluate("window.explorer.state.positions[0]") == 3
-        after_a_draw(lambda: page.click("#reset"))
-        assert roll() == first and page.evaluate("[...window.explorer.state.positions]") == [0, 0, 0, 0]
-        after_a_draw(lambda: page.click("#random"))
+        after_a_draw(page, lambda: page.fill("#threshold", "0"))
+        first = roll_picture(page)
+        after_a_draw(page, lambda: page.locator("#sliders input").first.fill("3"))
+        assert roll_picture(page) != first and page.evaluate("window.explorer.state.positions[0]") == 3
+        after_a_draw(page, lambda: page.click("#reset"))
+        assert roll_picture(page) == first and page.evaluate("[...window.explorer.state.positions]") == [0, 0, 0, 0]
+        after_a_draw(page, lambda: page.click("#random"))
         assert page.evaluate("[...window.explorer.state.positions]") != [0, 0, 0, 0]
         with page.expect_download() as download:
             page.click("#download-midi")
