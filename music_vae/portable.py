@@ -105,11 +105,11 @@ def decoder_onnx(decoder):
         decoder.export(path, format="onnx", verbose=False)
         model = onnx.load(path)
     graph = model.graph
-    graph.input[0].name, old_output = "z", graph.output[0].name
+    old_input, old_output = graph.input[0].name, graph.output[0].name
     for node in graph.node:
-        node.input[:] = ["z" if name == decoder.inputs[0].name else name for name in node.input]
+        node.input[:] = ["z" if name == old_input else name for name in node.input]
         node.output[:] = ["song" if name == old_output else name for name in node.output]
-    graph.output[0].name = "song"
+    graph.input[0].name, graph.output[0].name = "z", "song"
     exact_sigmoid(graph)
     for value in (graph.input[0], graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"

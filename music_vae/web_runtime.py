@@ -65,10 +65,13 @@ def install(folder=FOLDER):
     if base64.b64encode(hashlib.new(algorithm, tarball).digest()).decode() != expected:
         raise UsageError(f"{TARBALL} does not match its published hash; not installed")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{folder.name}.part-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.part-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for stale in folder.parent.glob(f".{folder.name}.part-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        part = Path(tempfile.mkdtemp(prefix=f".{folder.name}.part-", dir=folder.parent))
+    except OSError as error:
+        raise UsageError(f"cannot write onnxruntime-web into {folder.parent}: {error.strerror or error}") from None
     part.chmod(0o777 & ~UMASK)  # mkdtemp's folder is private; a web server may run as another user
     try:
         with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
