@@ -179,8 +179,8 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     runtime = web_runtime.runtime_files()
     model = portable.with_weights(portable.decoder_onnx(trained.decoder), weights).SerializeToString()
     rule, config = trained.style.rule, trained.config
-    agreement = portable.notes_changed(model, trained.decoder, trained.density, rule, config.seed + 3)
-    decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **agreement}
+    changed = portable.notes_changed(model, trained.decoder, trained.density, rule, config.seed + 3)
+    decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **changed}
     space = portable.song_space(
         trained.run.path.name, trained.state["parameters"], trained.settings, slider_axes(trained, sliders),
         trained.density, rule, config.bpm, decoder_info,
@@ -194,7 +194,7 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     portable.write_folder(folder, files)
     print(
         f"Exported {trained.run.path.name} to {folder}: decoder.onnx {len(model) / 1e6:.1f} MB ({weights} weights; "
-        f"{agreement['notes_changed']:.2%} of the notes of {portable.AGREEMENT_SONGS} songs change against the "
+        f"{changed['notes_changed']:.2%} of the notes of {portable.AGREEMENT_SONGS} songs change against the "
         f"run's decoder), the page, its song space and onnxruntime-web {web_runtime.VERSION}"
     )
     print(f"Play it: python -m http.server --directory {folder} 8000, then open http://127.0.0.1:8000/")
