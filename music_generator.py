@@ -2,7 +2,8 @@
 
     python music_generator.py train --data SAMPLES_DIR --run-name RUN01 --run-info "why"
     python music_generator.py train --resume RUN_DIR
-    python music_generator.py generate --run RUN_DIR [--songs N] [--seed S]
+    python music_generator.py generate --run RUN_DIR [--songs N] [--seed S] [--valence V] [--mood NAME=V]
+    python music_generator.py moods --run RUN_DIR --labels LABELS.csv [--data MIDI_DIR]
     python music_generator.py evaluate --run RUN_DIR [--data SAMPLES_DIR] [--songs GLOB]
     python music_generator.py encode --run RUN_DIR SONG.mid [...] [--measure M]
     python music_generator.py reconstruct --run RUN_DIR SONG.mid [...] [--measure M]
@@ -29,7 +30,8 @@ try:
     )
     from music_vae.evaluation import EVALUATION_SAMPLES
     from music_vae.explore_server import SLIDERS
-    from music_vae.files import ArgumentParser, UsageError, int_between, positive_float
+    from music_vae.moods import BOOTSTRAPS
+    from music_vae.files import ArgumentParser, UsageError, int_between, mood_setting, positive_float, steering
     from music_vae.portable import WEIGHTS
     from music_vae.training import train
 except ImportError as error:
@@ -67,7 +69,38 @@ def parse_args(argv=None):
         help="seed of the latent vectors; the same seed gives the same songs (default: a new one, printed)",
     )
     add("--output-dir", help="folder for npy/, midi/, img/ and wav/ (default: RUN_DIR/generated)")
+    for name, sense in (("valence", "happier (+) or sadder (-)"), ("arousal", "more intense (+) or calmer (-)")):
+        add(
+            f"--{name}", type=steering, metavar="V",
+            help=f"{sense}: V standard deviations along the run's {name} direction (learned by moods)",
+        )
+    add(
+        "--mood", type=mood_setting, action="append", default=[], metavar="NAME=V",
+        help="V standard deviations along the run's direction NAME (one of the label columns moods learned); "
+        "may be given once for each direction",
+    )
     add_song_options(generate_parser)
+
+    moods_parser = subcommands.add_parser(
+        "moods", help="learn directions of mood in a run's latent space from labelled MIDI files",
+        description="Encode the 16-measure windows of labelled MIDI files with a run's encoder and save, for each "
+        "label column, the direction from the mean code of its -1 windows to that of its +1 windows, with how "
+        "reliable it is: how well the code predicts the label (cross-validated by file), and whether steering "
+        "along it changes the notes as the label does in the files (bootstrap intervals). Writes RUN_DIR/moods.json "
+        "for generate --valence/--arousal/--mood and the explore page.",
+    )
+    add = moods_parser.add_argument
+    add("--run", required=True, metavar="RUN_DIR", help="a run folder made by train")
+    add(
+        "--labels", required=True, metavar="LABELS.csv",
+        help="a CSV file with a 'file' column (MIDI files, relative to --data) and label columns of +1, -1 or empty, "
+        "such as VGMIDI's valence and arousal",
+    )
+    add("--data", metavar="MIDI_DIR", help="the folder of the labelled MIDI files (default: the CSV file's folder)")
+    add(
+        "--bootstraps", type=int_between(10, 10000), default=BOOTSTRAPS,
+        help="resamplings of the labelled files for the intervals (default: %(default)s)",
+    )
 
     evaluate_parser = subcommands.add_parser(
         "evaluate",
@@ -217,13 +250,15 @@ def run_command(args):
         return commands.explore(args.run, args.host, args.port, args.sliders)
     if args.command == "export":
         return commands.export(args.run, args.output_dir, args.weights, args.sliders)
+    if args.command == "moods":
+        return commands.moods(args.run, args.labels, args.data, args.bootstraps)
     writing = dict(
         output_dir=args.output_dir,
         song_options={name: getattr(args, name) for name in song_option_names()},
         synthesizer=song_synthesizer(args.audio is not False, args.soundfont),
     )
     if args.command == "generate":
-        return commands.generate(args.run, args.songs, args.seed, **writing)
+        return commands.generate(args.run, args.songs, args.seed, moods=mood_amounts(args), **writing)
     if args.command == "reconstruct":
         return commands.reconstruct(args.run, args.midi, args.measure, **writing)
     if args.command == "interpolate":
@@ -231,6 +266,16 @@ def run_command(args):
     if args.command == "variations":
         return commands.variations(args.run, args.midi, args.songs, args.spread, args.seed, args.measure, **writing)
     raise ValueError(f"no command {args.command!r}")  # parse_args knows only the commands above
+
+
+def mood_amounts(args):
+    """generate's --valence, --arousal and --mood NAME=V as {name: standard deviations}."""
+    amounts = {name: getattr(args, name) for name in ("valence", "arousal") if getattr(args, name) is not None}
+    for name, amount in args.mood:
+        if name in amounts:
+            raise UsageError(f"the {name} direction is given twice")
+        amounts[name] = amount
+    return amounts
 
 
 def is_out_of_memory(error):

@@ -3,7 +3,7 @@ slider positions (or a latent vector, or a random draw) in, a MIDI file out.
 
     pip install onnxruntime numpy
     python decode_with_onnxruntime.py --folder RUN_DIR/export --positions=-1.5,0.5,0.8 --output song.mid
-    python decode_with_onnxruntime.py --folder RUN_DIR/export --random 7 --output song.mid
+    python decode_with_onnxruntime.py --folder RUN_DIR/export --random 7 --mood valence=1.5 --output song.mid
 
 ``music_generator.py export`` copies this file into the folder it writes, beside
 decoder.onnx and song_space.json, which are all it reads. It needs neither Keras nor this
@@ -35,6 +35,11 @@ class SongSpace:
         self.mean, self.axes = np.float32(sliders["mean"]), np.float32(sliders["axes"])
         self.deviations = np.float32(sliders["deviations"])
         self.density_mean, self.density_scale = np.float32(density["mean"]), np.float32(density["scale"])
+        moods = self.space.get("moods", {"names": [], "units": [], "deviations": []})  # an export before moods: none
+        self.moods = {
+            name: (np.float32(unit), np.float32(deviation))
+            for name, unit, deviation in zip(moods["names"], moods["units"], moods["deviations"])
+        }
 
     def latent(self, positions):
         """The latent vector (latent,) of slider positions, in standard deviations along each
@@ -42,6 +47,13 @@ class SongSpace:
         padded = np.zeros(len(self.deviations), np.float32)
         padded[: len(positions)] = positions
         return self.mean + (padded * self.deviations) @ self.axes
+
+    def steered(self, latent, moods):
+        """``latent`` moved along the run's mood directions: ``moods`` {name: standard deviations}."""
+        for name, amount in moods.items():
+            unit, deviation = self.moods[name]
+            latent = latent + np.float32(amount * deviation) * unit
+        return latent
 
     def random_latent(self, seed=None):
         """A latent vector drawn from the run's density of songs."""
@@ -143,6 +155,10 @@ def main():
     )
     where.add_argument("--latent", help="a latent vector as .npy, as music_generator.py encode saves it")
     where.add_argument("--random", type=int, metavar="SEED", help="a song drawn from the run's density")
+    parser.add_argument(
+        "--mood", action="append", default=[], metavar="NAME=V",
+        help="move the song V standard deviations along the run's mood direction NAME (valence, arousal, ...)",
+    )
     parser.add_argument("--output", default="song.mid", help="the MIDI file to write (default: %(default)s)")
     args = parser.parse_args()
     try:
@@ -164,6 +180,17 @@ def main():
         if len(positions) > len(songs.deviations):
             parser.error(f"--positions: {len(positions)} positions for {len(songs.deviations)} sliders")
         latent = songs.latent(positions)
+    moods = {}
+    for setting in args.mood:
+        name, _, amount = setting.partition("=")
+        if name not in songs.moods:
+            has = ", ".join(songs.moods) or "none"
+            parser.error(f"--mood {setting}: the run has no direction {name!r} (it has: {has})")
+        try:
+            moods[name] = float(amount)
+        except ValueError:
+            parser.error(f"--mood {setting}: expected NAME=V, V a number")
+    latent = songs.steered(latent, moods)
     songs.decode(latent)  # the first run of a session prepares it: a game does that while it loads
     start = time.perf_counter()
     values = songs.decode(latent)[0]

@@ -1,6 +1,6 @@
 """The commands that work on a finished run, as functions of plain arguments: generate,
-evaluate, encode, reconstruct, interpolate, variations, explore and export (train is in
-training.py). Each returns the exit code and raises UsageError for a user's mistake;
+moods, evaluate, encode, reconstruct, interpolate, variations, explore and export (train is
+in training.py). Each returns the exit code and raises UsageError for a user's mistake;
 music_generator.py turns its command line into one call of them.
 
 The commands that write songs take ``song_options`` (a dict of TrainConfig's song options
@@ -24,6 +24,9 @@ from music_vae.evaluation import reconstruct as rebuild
 from music_vae.explore_server import SLIDERS, Explorer, make_server
 from music_vae.files import UsageError, atomic_write, npy_writer
 from music_vae.latent_space import PrincipalComponents, encode_midi, latents_around, read_song, slerp
+from music_vae.moods import (
+    BOOTSTRAPS, MOODS_FILE, chosen_amounts, learn_moods, load_directions, mood_text, read_labels, save_moods, steer,
+)
 from music_vae.music_metrics import onset_scores
 from music_vae.run_folder import RunFolder, data_settings
 from music_vae.run_page import write_run_page
@@ -31,14 +34,47 @@ from music_vae.songs import NoteRule, fixed_noise
 from music_vae.trained_run import TrainedRun
 
 
-def generate(run_dir, count=TrainConfig.songs, seed=None, output_dir=None, song_options=None, synthesizer=None):
+def generate(
+    run_dir, count=TrainConfig.songs, seed=None, output_dir=None, song_options=None, synthesizer=None, moods=None,
+):
     """New songs from a run's decoder: ``count`` latent vectors drawn with ``seed`` (None: a
-    new one, printed; the same seed gives the same songs), written as sample_songNN."""
+    new one, printed; the same seed gives the same songs), steered along the run's mood
+    directions by ``moods`` ({name: standard deviations}), written as sample_songNN."""
+    moods = moods or {}
+    directions, report = load_directions(RunFolder.open(run_dir).path)  # a wrong name is said before the models load
+    notes = chosen_amounts(directions, report, moods, Path(run_dir).name)
     trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
+    for note in notes:
+        print(note)
     seed = new_seed() if seed is None else seed
     noise = fixed_noise(count, trained.decoder.input_shape[-1], seed)
-    written = trained.write(trained.density.latents(noise, trained.config.temperature), "sample")
-    print(f"{len(written)} songs with seed {seed} in {trained.folder}: {song_list(written)}")
+    latents = steer(trained.density.latents(noise, trained.config.temperature), directions, moods)
+    if trained.folder.resolve() == trained.run.generated.resolve():  # what the run page and info file say of them
+        trained.state["generate"] = {"songs": count, "seed": seed, "moods": moods}
+        trained.run.save(trained.state)
+    written = trained.write(latents, "sample")
+    steered = f", steered {mood_text(moods)}" if moods else ""
+    print(f"{len(written)} songs with seed {seed}{steered} in {trained.folder}: {song_list(written)}")
+    return 0
+
+
+def moods(run_dir, labels_csv, data=None, boots=BOOTSTRAPS):
+    """Learn a run's mood directions from the labels of MIDI files (a CSV with a ``file``
+    column and +1/-1 label columns; the files in ``data``, by default the CSV's folder), and
+    measure how reliable each is; saved as RUN_DIR/moods.json, used by generate and explore."""
+    files, labels = read_labels(labels_csv)
+    trained = TrainedRun(run_dir)
+    folder = Path(data) if data else Path(labels_csv).parent
+    directions, report = learn_moods(
+        trained.encoder, trained.decoder, trained.density, trained.style.rule, files, labels, folder,
+        trained.settings, trained.config.seed, boots,
+    )
+    report.update(labels=str(Path(labels_csv).resolve()), data=str(folder.resolve()), bootstraps=boots)
+    save_moods(trained.run.path, report)
+    trained.state["moods"] = {name: values["moves"] for name, values in report["directions"].items()}
+    trained.run.save(trained.state)
+    names = ", ".join(directions)
+    print(f"Wrote {trained.run.path / MOODS_FILE}: generate --mood NAME=V, and explore, steer by {names}")
     return 0
 
 
@@ -157,7 +193,7 @@ def run_explorer(trained, sliders=SLIDERS):
     """The Explorer of a TrainedRun, with ``sliders`` sliders (see slider_axes)."""
     return Explorer(
         trained.decoder, trained.encoder, slider_axes(trained, sliders), trained.density, trained.style.rule,
-        trained.settings, trained.config.bpm, trained.run.path.name,
+        trained.settings, trained.config.bpm, trained.run.path.name, load_directions(trained.run.path)[0],
     )
 
 
@@ -183,7 +219,7 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **changed}
     space = portable.song_space(
         trained.run.path.name, trained.state["parameters"], trained.settings, slider_axes(trained, sliders),
-        trained.density, rule, config.bpm, decoder_info,
+        trained.density, rule, config.bpm, decoder_info, load_directions(trained.run.path)[0],
     )
     files = {
         "decoder.onnx": model, "song_space.json": portable.as_json(space),

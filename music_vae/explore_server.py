@@ -2,6 +2,8 @@
 along the principal components of the encoded training songs and the browser draws and
 plays it (the paper's outlook, its section 5.4; HackerPoet's Composer has such a tool).
 
+Where the run has mood directions (moods.py), one slider more for each steers the song along it.
+
 The standard library's threaded server is enough for one person at one page. It answers
 fixed routes only, so no request reaches a file; a bad request gets a 4xx and one log line.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from music_vae.audio import Synthesizer, wav_bytes
 from music_vae.files import UsageError
 from music_vae.latent import encode
+from music_vae.moods import steer
 from music_vae.music_metrics import onset_scores
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_seconds, song_to_midi
 from music_vae.songs import NoteRule, decode
@@ -57,18 +60,24 @@ class Explorer:
         The run's tempo, the page's starting one.
     name : str
         The run's, for the page's title.
+    moods : dict, optional
+        {name: moods.Direction}: the run's mood directions, a slider each after the components'.
     """
 
-    def __init__(self, decoder, encoder, components, density, rule, settings, bpm, name="a run"):
+    def __init__(self, decoder, encoder, components, density, rule, settings, bpm, name="a run", moods=None):
         self.decoder, self.encoder, self.components, self.density = decoder, encoder, components, density
         self.rule, self.settings, self.bpm, self.name = rule, settings, bpm, name
+        self.moods = dict(moods or {})
         self.rng = np.random.default_rng()
         self.lock = threading.Lock()  # one decode at a time: Keras models are not made for concurrent calls
 
     def song(self, positions, threshold=None):
-        """The song at slider ``positions``: its notes (measures, 9216, 0/1 uint8) by the
-        run's rule, or those at or above ``threshold``."""
-        return self.song_of(self.components.latents(np.asarray(positions, np.float32)[None]), threshold)
+        """The song at slider ``positions`` (the components', then the moods', which may be
+        left out: 0): its notes (measures, 9216, 0/1 uint8) by the run's rule, or those at
+        or above ``threshold``."""
+        components = len(self.components.deviations)
+        latents = self.components.latents(np.asarray(positions[:components], np.float32)[None])
+        return self.song_of(steer(latents, self.moods, dict(zip(self.moods, positions[components:]))), threshold)
 
     def song_of(self, latents, threshold=None):
         """The notes of the song of ``latents`` (1, latent), as ``song`` picks them."""
@@ -86,7 +95,8 @@ class Explorer:
         return [[int(starts[i]), int(pitches[i]) + self.settings.lowest_pitch] for i in order]
 
     def random_positions(self):
-        """Slider positions of a song drawn from the run's density, clipped to the sliders."""
+        """Slider positions of a song drawn from the run's density, clipped to the sliders (the
+        components' alone: the moods stay where they are)."""
         latent = self.density.latents(self.rng.standard_normal((1, len(self.density.mean))))
         return np.clip(self.components.positions(latent)[0], -SLIDER_RANGE, SLIDER_RANGE)
 
@@ -122,7 +132,8 @@ class Explorer:
     def page_settings(self):
         """What the page needs to know: the sliders, the song's size, the tempo."""
         return {
-            "run": self.name, "sliders": len(self.components.deviations), "range": SLIDER_RANGE,
+            "run": self.name, "sliders": len(self.components.deviations), "moods": list(self.moods),
+            "range": SLIDER_RANGE,
             "measures": self.settings.measures, "steps_per_measure": STEPS_PER_MEASURE,
             "lowest_pitch": self.settings.lowest_pitch, "pitches": PITCHES, "bpm": self.bpm,
         }
@@ -190,7 +201,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest("the body is not JSON") from None
         if not isinstance(asked, dict):
             raise BadRequest("the body is not a JSON object")
-        sliders = len(self.explorer.components.deviations)
+        sliders = len(self.explorer.components.deviations) + len(self.explorer.moods)
         positions = asked.get("positions")
         if not (isinstance(positions, list) and len(positions) == sliders and all(map(is_number, positions))):
             raise BadRequest(f"positions must be a list of {sliders} numbers")

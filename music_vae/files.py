@@ -197,6 +197,23 @@ def non_negative_float(text):
     return value
 
 
+def steering(text):
+    """An argparse type: standard deviations along a mood direction, from -10 to 10 (the
+    labelled songs lie within about 3 either way)."""
+    value = any_float(text)
+    if not -10 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be from -10 to 10 standard deviations, not {text}")
+    return value
+
+
+def mood_setting(text):
+    """An argparse type: NAME=V, a mood direction's name and its steering (see steering)."""
+    name, equals, amount = text.partition("=")
+    if not (equals and name.strip()):
+        raise argparse.ArgumentTypeError(f"expected NAME=V, a direction's name and standard deviations, not {text!r}")
+    return name.strip(), steering(amount)
+
+
 def fraction(text):
     """An argparse type: a number from 0 up to, not including, 1 (a share of the songs)."""
     value = any_float(text)

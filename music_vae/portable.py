@@ -209,11 +209,13 @@ def notes_changed(model_bytes, decoder, density, rule, seed, count=AGREEMENT_SON
     return {"notes_changed": changed / max(notes, 1), "largest_difference": float(np.abs(reference - exported).max())}
 
 
-def song_space(name, parameters, settings, components, density, rule, bpm, decoder_info):
+def song_space(name, parameters, settings, components, density, rule, bpm, decoder_info, moods=None):
     """What turns slider positions into a song, as a JSON-ready dict: the sliders' axes
-    (``components``, a PrincipalComponents), the density "Random" draws from, the note rule,
-    the song's size and pitch window, the tempo, the run's name and parameters, and
-    ``decoder_info`` (its file, input, output, weights and agreement)."""
+    (``components``, a PrincipalComponents, then ``moods``, {name: moods.Direction}), the
+    density "Random" draws from, the note rule, the song's size and pitch window, the tempo,
+    the run's name and parameters, and ``decoder_info`` (its file, input, output, weights
+    and agreement)."""
+    moods = moods or {}
     return {
         "format": "music_vae song space 1",
         "run": name,
@@ -224,6 +226,10 @@ def song_space(name, parameters, settings, components, density, rule, bpm, decod
         "sliders": {
             "mean": components.mean.tolist(), "axes": components.axes.tolist(),
             "deviations": components.deviations.tolist(), "range": SLIDER_RANGE,
+        },
+        "moods": {
+            "names": list(moods), "units": [direction.unit.tolist() for direction in moods.values()],
+            "deviations": [direction.deviation for direction in moods.values()],
         },
         "density": {"mean": density.mean.tolist(), "scale": density.scale.tolist()},
         "note_rule": {
@@ -239,7 +245,8 @@ def static_page(space):
     """The explore page of ``space`` (a song_space dict) that decodes in the browser."""
     template = jinja2.Template(TEMPLATE.read_text(encoding="utf-8"), autoescape=True)
     settings = {
-        "run": space["run"], "sliders": len(space["sliders"]["deviations"]), "range": space["sliders"]["range"],
+        "run": space["run"], "sliders": len(space["sliders"]["deviations"]), "moods": space["moods"]["names"],
+        "range": space["sliders"]["range"],
         "measures": space["measures"], "steps_per_measure": space["steps_per_measure"],
         "lowest_pitch": space["lowest_pitch"], "pitches": space["pitches"], "bpm": space["bpm"], "static": True,
     }

@@ -18,6 +18,7 @@ from music_vae.distribute import listed_devices
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
 from music_vae.latent import DENSITY_FILE, LatentDensity
+from music_vae.moods import mood_text
 from music_vae.samples import PITCHES, DataSettings
 
 try:
@@ -228,6 +229,11 @@ def info_text(state):
         "",
         "Songs",
         f"  audio                    {state.get('audio', 'none')}",
+        *([f"  from generate            {generate_text(state['generate'])}"] if "generate" in state else []),
+        *[
+            f"  mood direction           {name}: moves {', '.join(moved) or 'no feature beyond its interval'}"
+            for name, moved in state.get("moods", {}).items()
+        ],
         "",
         "Environment",
         *[f"  {key:24} {value}" for key, value in state["environment"].items()],
@@ -248,6 +254,12 @@ def info_text(state):
             "  " + evaluation_table(state["evaluation"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+def generate_text(generated):
+    """What the last generate into the run's folder did, as "8 songs, seed 5, steered valence +1.0 sd"."""
+    steered = f", steered {mood_text(generated['moods'])}" if generated.get("moods") else ""
+    return f"{generated['songs']} songs, seed {generated['seed']}{steered}"
 
 
 def data_settings(state):
@@ -280,8 +292,8 @@ def split_text(data):
 # The modules that only judge, show or play a run's songs, or time the machine: they do not
 # change what it learns. config.py decides only a run's parameters, which are compared apart.
 NOT_TRAINING_CODE = (
-    "audio.py", "commands.py", "config.py", "evaluation.py", "explore_server.py", "latent_space.py", "music_metrics.py",
-    "peak_speed.py", "portable.py", "run_page.py", "trained_run.py", "web_runtime.py",
+    "audio.py", "commands.py", "config.py", "evaluation.py", "explore_server.py", "latent_space.py", "moods.py",
+    "music_metrics.py", "peak_speed.py", "portable.py", "run_page.py", "trained_run.py", "web_runtime.py",
 )
 
 

@@ -14,7 +14,7 @@ import jinja2
 from music_vae.config import flag, page_option_names
 from music_vae.evaluation import feature_rows, summary_rows
 from music_vae.files import atomic_write, figure_pixels, png_writer, text_writer
-from music_vae.run_folder import devices_text, loss_columns, now, split_text
+from music_vae.run_folder import devices_text, generate_text, loss_columns, now, split_text
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True, keep_trailing_newline=True,
@@ -53,7 +53,7 @@ def run_page(run, state, evaluation=None):
     if evaluation:
         with contextlib.suppress(KeyError, TypeError, AttributeError):  # an evaluation.json of another version
             evaluation_rows = {"features": feature_rows(evaluation), "summary": summary_rows(evaluation)}
-    groups = song_groups(run.generated)
+    groups = song_groups(run.generated, generate_text(state["generate"]) if "generate" in state else None)
     return TEMPLATES.get_template("run_page.html").render(
         state=state, parameters=rows, info=run.info.name, loss_columns=loss_columns(state["history"]),
         evaluation=evaluation, evaluation_rows=evaluation_rows, song_groups=groups,
@@ -83,17 +83,17 @@ def loss_curve_image(history):
     return figure_pixels(figure)
 
 
-def song_groups(generated):
+def song_groups(generated, generated_with=None):
     """The songs in a run's ``generated/`` folder as [(heading, [names])]: the final
-    songs, those of ``generate``, ``reconstruct``, ``interpolate`` and ``variations``, then
-    each epoch's, newest first."""
+    songs, those of ``generate`` (how, where ``generated_with`` says), ``reconstruct``,
+    ``interpolate`` and ``variations``, then each epoch's, newest first."""
     names = sorted(path.stem for path in (Path(generated) / "img").glob("*.png"))
     groups = {}
     for name in names:
         rebuilt = re.fullmatch(r"(.+)_(original|reconstruction)", name)
         groups.setdefault("reconstruction" if rebuilt else name.split("_song")[0], []).append(name)
     headings = {
-        "final": "Final songs", "sample": "Songs from generate",
+        "final": "Final songs", "sample": "Songs from generate" + (f": {generated_with}" if generated_with else ""),
         "reconstruction": "Songs of MIDI files, each as given and as the model rebuilds it",
         "interpolation": "Interpolation, from the first song's reconstruction to the second's",
         "variation": "Variations of a song",

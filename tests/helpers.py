@@ -8,10 +8,14 @@ as ``from helpers import ...``. TensorFlow and music_generator are imported wher
 first needed, so that the data_loader tests start without them.
 """
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +107,28 @@ def after_a_draw(page, action):
     draws = page.evaluate("window.explorer.state.draws")
     action()
     page.wait_for_function(f"window.explorer.state.draws > {draws} && window.explorer.settled()")
+
+
+@contextlib.contextmanager
+def static_server(folder):
+    """``python -m http.server`` serving ``folder`` on a free port, as a user serves an export:
+    its address, once it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(address, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield address
+    finally:
+        server.terminate()
+        server.wait()

@@ -3,13 +3,10 @@ each weight setting, a bfloat16 run), the example that decodes with onnxruntime 
 static page in headless Chromium served by a plain file server, and export's mistakes."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import pretty_midi
 import pytest
 
 import music_generator as mg
-from helpers import REPO, after_a_draw, roll_picture, train
+from helpers import REPO, after_a_draw, roll_picture, static_server, train
 from music_vae import portable, web_runtime
 from music_vae.files import UsageError
 from music_vae.songs import NoteRule, decode, fixed_noise
@@ -292,32 +289,11 @@ def test_onnxruntime_web_is_fetched_only_as_published(tmp_path, monkeypatch):
 # --- the static page ------------------------------------------------------------------------------
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def file_server(exported):
     """``python -m http.server`` serving the export folder, as a user would: its address."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(exported)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    address = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(address, timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield address
-    server.terminate()
-    server.wait()
+    with static_server(exported) as address:
+        yield address
 
 
 @pytest.mark.slow
