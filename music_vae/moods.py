@@ -284,7 +284,10 @@ def features_of_counts(counts, weights=None):
     """MOOD_FEATURES of songs whose feature_counts are ``counts``, each counted ``weights`` times."""
     totals = (np.ones(len(counts)) if weights is None else np.asarray(weights, np.float64)) @ counts
     notes, major, keyed, pitches, measures, short, gaps = totals
-    ratio = lambda top, bottom: float(top / bottom) if bottom else math.nan  # noqa: E731
+
+    def ratio(top, bottom):
+        return float(top / bottom) if bottom else math.nan  # no notes: no pitch, no key
+
     return {
         "major_share": ratio(major, keyed), "mean_pitch": ratio(pitches, notes),
         "notes_per_measure": ratio(notes, measures), "short_onsets": ratio(short, gaps),
@@ -333,7 +336,8 @@ def song_counts(decoder, rule, latents, lowest_pitch):
 def steering_effect(decoder, rule, base, codes, labels, owners, name, lowest_pitch, seed, boots=BOOTSTRAPS):
     """The change of each feature from -2 to +2 standard deviations of steering ``base``, and
     its bootstrap interval: the direction fitted again on each resampling of the labelled
-    files, the songs the same."""
+    files, the songs the same; with the median cosine between those directions and the one
+    of all files (1: the files agree on the direction)."""
     far = max(AMOUNTS)
 
     def effect(direction):
@@ -341,12 +345,15 @@ def steering_effect(decoder, rule, base, codes, labels, owners, name, lowest_pit
         low = features_of_counts(song_counts(decoder, rule, direction.steer(base, -far), lowest_pitch))
         return difference(high, low)
 
-    rng, resampled = np.random.default_rng(seed), []
+    rng, resampled, cosines = np.random.default_rng(seed), [], []
+    whole = Direction.fit(name, codes, labels)
     for _ in range(boots):
         repeated = np.repeat(np.arange(len(labels)), file_bootstrap(owners, labels, rng))
         if np.any(labels[repeated] == 1) and np.any(labels[repeated] == -1):  # else it has no direction: left out
-            resampled.append(effect(Direction.fit(name, codes[repeated], labels[repeated])))
-    return {"amount": far, "interval": interval(resampled)}, effect
+            direction = Direction.fit(name, codes[repeated], labels[repeated])
+            resampled.append(effect(direction))
+            cosines.append(float(direction.unit @ whole.unit))
+    return {"amount": far, "interval": interval(resampled), "cosine": float(np.median(cosines))}, effect
 
 
 def moved_features(data, effect, interval_of_effect):
@@ -397,6 +404,7 @@ def learn_moods(encoder, decoder, density, rule, files, labels, folder, settings
             "steered": {str(amount): values for amount, values in steered_features(
                 decoder, rule, base, direction, settings.lowest_pitch).items()},
             "effect": {"amount": bootstrap["amount"], "change": measured, "interval": bootstrap["interval"]},
+            "bootstrap_cosine": bootstrap["cosine"],
             "moves": moved_features(data, measured, bootstrap["interval"]),
         }
         directions[name] = direction
