@@ -7,12 +7,16 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 
 import music_generator as mg
 from music_vae.commands import run_explorer
+from music_vae.explore_server import make_server
 from music_vae.moods import (
     MOODS_FILE, Direction, classifier_scores, feature_counts, features_of_counts, grouped_folds, load_directions,
     read_labels, steer,
@@ -224,6 +228,18 @@ def test_the_explore_server_has_a_slider_for_each_mood(learned):
     latents = steer(explorer.components.latents(np.zeros((1, 3))), directions, {"valence": 2.0})
     assert np.array_equal(steered, (decode(trained.decoder, latents)[0] >= 0.05).astype(np.uint8))
     assert np.array_equal(explorer.song([0.0, 0.0, 0.0], 0.05), explorer.song([0.0, 0.0, 0.0, 0.0], 0.05))
+    server = make_server(explorer, port=0)  # the page asks for a song at the components' and the mood's positions
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}/song"
+    try:
+        body = json.dumps({"positions": [0, 0, 0, 2], "threshold": 0.05}).encode()
+        with urllib.request.urlopen(urllib.request.Request(address, data=body, method="POST")) as answer:
+            assert len(json.loads(answer.read())["notes"]) == steered.sum()
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            urllib.request.urlopen(urllib.request.Request(address, data=b'{"positions": [0, 0, 0]}', method="POST"))
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.slow
