@@ -258,7 +258,7 @@ def run_command(args):
         synthesizer=song_synthesizer(args.audio is not False, args.soundfont),
     )
     if args.command == "generate":
-        return commands.generate(args.run, args.songs, args.seed, moods=mood_amounts(args), **writing)
+        return commands.generate(args.run, args.songs, args.seed, steering=steering_of(args), **writing)
     if args.command == "reconstruct":
         return commands.reconstruct(args.run, args.midi, args.measure, **writing)
     if args.command == "interpolate":
@@ -268,7 +268,7 @@ def run_command(args):
     raise ValueError(f"no command {args.command!r}")  # parse_args knows only the commands above
 
 
-def mood_amounts(args):
+def steering_of(args):
     """generate's --valence, --arousal and --mood NAME=V as {name: standard deviations}."""
     amounts = {name: getattr(args, name) for name in ("valence", "arousal") if getattr(args, name) is not None}
     for name, amount in args.mood:

@@ -36,8 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_sample, subset  # noqa: E402
-from music_vae.moods import AMOUNTS, MOOD_FEATURES, learn_moods, read_labels  # noqa: E402
-from music_vae.songs import decode, fixed_noise  # noqa: E402
+from music_vae.moods import (  # noqa: E402
+    AMOUNTS, BOOTSTRAPS, MOOD_FEATURES, OWN_FEATURES, STEERED_SONGS, learn_directions, read_labels, steered_base,
+)
+from music_vae.songs import decode  # noqa: E402
 from music_vae.trained_run import TrainedRun  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "midi"
@@ -52,21 +54,21 @@ def main():
     parser.add_argument("--run", required=True, help="a run trained on the labelled files' collection")
     parser.add_argument("--labels", default=str(SHARED / "vgmidi_emotion.csv"))
     parser.add_argument("--data", default=str(SHARED / "vgmidi"), help="the folder of the labelled MIDI files")
-    parser.add_argument("--songs", type=int, default=64, help="steered songs at each amount")
-    parser.add_argument("--bootstraps", type=int, default=100)
+    parser.add_argument("--songs", type=int, default=STEERED_SONGS, help="steered songs at each amount")
+    parser.add_argument("--bootstraps", type=int, default=BOOTSTRAPS)
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
 
     trained = TrainedRun(args.run)
     files, labels = read_labels(args.labels)
     seed = trained.config.seed
-    directions, report = learn_moods(
-        trained.encoder, trained.decoder, trained.density, trained.style.rule, files, labels, args.data,
-        trained.settings, seed, args.bootstraps, args.songs, progress=lambda text: None,
+    base = steered_base(trained.density, seed, trained.config.temperature, args.songs)
+    directions, report = learn_directions(
+        trained.encoder, trained.decoder, base, trained.style.rule, files, labels, args.data, trained.settings, seed,
+        args.bootstraps, progress=lambda text: None,
     )
     held_out = trained.data()
     real = [read_sample(path) for path in subset(held_out.test or held_out.validation, REAL_SONGS, seed)]
-    base = trained.density.latents(fixed_noise(args.songs, len(trained.density.mean), seed + 5))  # learn_moods' songs
     print(f"Run {trained.run.path.name}; labels {args.labels}: {report['windows']} windows of "
           f"{len(files) - len(report['skipped'])} files ({len(report['skipped'])} give none); "
           f"{args.songs} steered songs, {args.bootstraps} bootstraps; note rule {trained.style.rule.method}\n")
@@ -103,10 +105,14 @@ def classifier_table(directions):
     ]
     for name, values in directions.items():
         scores = values["classifier"]
+        if scores is None:
+            files = f"{values['files']['+1']} / {values['files']['-1']}"
+            rows.append(f"| {name} | {files} | too few files on one side to cross-validate |")
+            continue
         rows.append(
             f"| {name} | {values['files']['+1']} / {values['files']['-1']} | {values['windows']['+1']} / "
             f"{values['windows']['-1']} | {scores['accuracy']:.3f} | {scores['balanced_accuracy']:.3f} | "
-            f"{scores['majority']:.3f} (balanced 0.500) | {values['bootstrap_cosine']:.2f} |"
+            f"{scores['majority']:.3f} (balanced 0.500) | {values['effect']['cosine']:.2f} |"
         )
     return "\n".join(rows)
 
@@ -121,7 +127,8 @@ def feature_table(name, values):
         return text
 
     heading = " | ".join(HEADINGS[feature] for feature in MOOD_FEATURES)
-    rows = [f"**{name}** (moves: {', '.join(values['moves']) or 'nothing beyond its interval'})", "",
+    own = ", ".join(OWN_FEATURES.get(name, MOOD_FEATURES))
+    rows = [f"**{name}** (its features: {own}; moves: {', '.join(values['moves']) or 'none beyond its interval'})", "",
             f"| songs | {heading} |", "| --- |" + " --- |" * len(MOOD_FEATURES)]
     data, effect = values["data"], values["effect"]
     rows.append("| labelled -1 | " + " | ".join(cell(f, data["minus"][f]) for f in MOOD_FEATURES) + " |")

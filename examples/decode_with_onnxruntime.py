@@ -186,10 +186,14 @@ def main():
         if name not in songs.moods:
             has = ", ".join(songs.moods) or "none"
             parser.error(f"--mood {setting}: the run has no direction {name!r} (it has: {has})")
+        if name in moods:
+            parser.error(f"--mood {setting}: {name} is given twice")
         try:
             moods[name] = float(amount)
         except ValueError:
             parser.error(f"--mood {setting}: expected NAME=V, V a number")
+        if not -10 <= moods[name] <= 10:  # also refuses nan
+            parser.error(f"--mood {setting}: V must be from -10 to 10 standard deviations")
     latent = songs.steered(latent, moods)
     songs.decode(latent)  # the first run of a session prepares it: a game does that while it loads
     start = time.perf_counter()

@@ -25,7 +25,8 @@ from music_vae.explore_server import SLIDERS, Explorer, make_server
 from music_vae.files import UsageError, atomic_write, npy_writer
 from music_vae.latent_space import PrincipalComponents, encode_midi, latents_around, read_song, slerp
 from music_vae.moods import (
-    BOOTSTRAPS, MOODS_FILE, chosen_amounts, learn_moods, load_directions, mood_text, read_labels, save_moods, steer,
+    BOOTSTRAPS, MOODS_FILE, learn_directions, load_directions, read_labels, save_directions, steer, steered_base,
+    steering_notes, steering_text,
 )
 from music_vae.music_metrics import onset_scores
 from music_vae.run_folder import RunFolder, data_settings
@@ -35,25 +36,30 @@ from music_vae.trained_run import TrainedRun
 
 
 def generate(
-    run_dir, count=TrainConfig.songs, seed=None, output_dir=None, song_options=None, synthesizer=None, moods=None,
+    run_dir, count=TrainConfig.songs, seed=None, output_dir=None, song_options=None, synthesizer=None, steering=None,
 ):
     """New songs from a run's decoder: ``count`` latent vectors drawn with ``seed`` (None: a
-    new one, printed; the same seed gives the same songs), steered along the run's mood
-    directions by ``moods`` ({name: standard deviations}), written as sample_songNN."""
-    moods = moods or {}
-    directions, report = load_directions(RunFolder.open(run_dir).path)  # a wrong name is said before the models load
-    notes = chosen_amounts(directions, report, moods, Path(run_dir).name)
+    new one, printed; the same seed gives the same songs), moved along the run's mood
+    directions by ``steering`` ({name: standard deviations}), written as sample_songNN."""
+    steering = steering or {}
+    directions, report = {}, None
+    if steering:  # a wrong name is said before the models load
+        run = RunFolder.open(run_dir)
+        directions, report = run_directions(run.path, run.load_state())
+    notes = steering_notes(directions, report, steering, Path(run_dir).name)
     trained = TrainedRun(run_dir, song_options, synthesizer, output_dir)
     for note in notes:
         print(note)
     seed = new_seed() if seed is None else seed
     noise = fixed_noise(count, trained.decoder.input_shape[-1], seed)
-    latents = steer(trained.density.latents(noise, trained.config.temperature), directions, moods)
+    latents = steer(trained.density.latents(noise, trained.config.temperature), directions, steering)
     if trained.folder.resolve() == trained.run.generated.resolve():  # what the run page and info file say of them
-        trained.state["generate"] = {"songs": count, "seed": seed, "moods": moods}
+        trained.state = trained.run.load_state()  # as it is now, not as it was when the models loaded
+        trained.state["generate"] = {"songs": count, "seed": seed, "steering": steering}
         trained.run.save(trained.state)
+    trained.remove_songs("sample", count)
     written = trained.write(latents, "sample")
-    steered = f", steered {mood_text(moods)}" if moods else ""
+    steered = f", steered {steering_text(steering)}" if steering else ""
     print(f"{len(written)} songs with seed {seed}{steered} in {trained.folder}: {song_list(written)}")
     return 0
 
@@ -65,14 +71,20 @@ def moods(run_dir, labels_csv, data=None, boots=BOOTSTRAPS):
     files, labels = read_labels(labels_csv)
     trained = TrainedRun(run_dir)
     folder = Path(data) if data else Path(labels_csv).parent
-    directions, report = learn_moods(
-        trained.encoder, trained.decoder, trained.density, trained.style.rule, files, labels, folder,
-        trained.settings, trained.config.seed, boots,
+    config = trained.config
+    base = steered_base(trained.density, config.seed, config.temperature)
+    directions, report = learn_directions(
+        trained.encoder, trained.decoder, base, trained.style.rule, files, labels, folder, trained.settings,
+        config.seed, boots,
     )
-    report.update(labels=str(Path(labels_csv).resolve()), data=str(folder.resolve()), bootstraps=boots)
-    save_moods(trained.run.path, report)
-    trained.state["moods"] = {name: values["moves"] for name, values in report["directions"].items()}
-    trained.run.save(trained.state)
+    report.update(
+        labels=str(Path(labels_csv).resolve()), data=str(folder.resolve()), bootstraps=boots, songs=len(base),
+        epochs_done=trained.state["epochs_done"],
+    )
+    save_directions(trained.run.path, report)
+    state = trained.run.load_state()  # as it is now: the work above took minutes
+    state["mood_directions"] = {name: values["moves"] for name, values in report["directions"].items()}
+    trained.run.save(state)
     names = ", ".join(directions)
     print(f"Wrote {trained.run.path / MOODS_FILE}: generate --mood NAME=V, and explore, steer by {names}")
     return 0
@@ -193,7 +205,7 @@ def run_explorer(trained, sliders=SLIDERS):
     """The Explorer of a TrainedRun, with ``sliders`` sliders (see slider_axes)."""
     return Explorer(
         trained.decoder, trained.encoder, slider_axes(trained, sliders), trained.density, trained.style.rule,
-        trained.settings, trained.config.bpm, trained.run.path.name, load_directions(trained.run.path)[0],
+        trained.settings, trained.config.bpm, trained.run.path.name, sliders_directions(trained),
     )
 
 
@@ -219,7 +231,7 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     decoder_info = {"file": "decoder.onnx", "input": "z", "output": "song", "weights": weights, **changed}
     space = portable.song_space(
         trained.run.path.name, trained.state["parameters"], trained.settings, slider_axes(trained, sliders),
-        trained.density, rule, config.bpm, decoder_info, load_directions(trained.run.path)[0],
+        trained.density, rule, config.bpm, decoder_info, sliders_directions(trained),
     )
     files = {
         "decoder.onnx": model, "song_space.json": portable.as_json(space),
@@ -235,6 +247,21 @@ def export(run_dir, output_dir=None, weights="float32", sliders=SLIDERS):
     )
     print(f"Play it: python -m http.server --directory {folder} 8000, then open http://127.0.0.1:8000/")
     return 0
+
+
+def run_directions(run_path, state):
+    """The mood directions of a run folder with ``state``, and their report (see moods.load_directions)."""
+    return load_directions(run_path, state["epochs_done"], state["parameters"]["latent"])
+
+
+def sliders_directions(trained):
+    """The mood directions a TrainedRun's explore page and export get a slider for: none, said
+    in a note, where they were learned from older models or cannot be read."""
+    try:
+        return run_directions(trained.run.path, trained.state)[0]
+    except UsageError as error:
+        print(f"note: no mood sliders: {error}")
+        return {}
 
 
 def agreement(song, notes):

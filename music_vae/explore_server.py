@@ -2,7 +2,7 @@
 along the principal components of the encoded training songs and the browser draws and
 plays it (the paper's outlook, its section 5.4; HackerPoet's Composer has such a tool).
 
-Where the run has mood directions (moods.py), one slider more for each steers the song along it.
+Where the run has mood directions (moods.py), one slider more for each moves the song along it.
 
 The standard library's threaded server is enough for one person at one page. It answers
 fixed routes only, so no request reaches a file; a bad request gets a 4xx and one log line.
@@ -21,7 +21,6 @@ import numpy as np
 from music_vae.audio import Synthesizer, wav_bytes
 from music_vae.files import UsageError
 from music_vae.latent import encode
-from music_vae.moods import steer
 from music_vae.music_metrics import onset_scores
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_seconds, song_to_midi
 from music_vae.songs import NoteRule, decode
@@ -60,24 +59,33 @@ class Explorer:
         The run's tempo, the page's starting one.
     name : str
         The run's, for the page's title.
-    moods : dict, optional
+    directions : dict, optional
         {name: moods.Direction}: the run's mood directions, a slider each after the components'.
     """
 
-    def __init__(self, decoder, encoder, components, density, rule, settings, bpm, name="a run", moods=None):
+    def __init__(self, decoder, encoder, components, density, rule, settings, bpm, name="a run", directions=None):
         self.decoder, self.encoder, self.components, self.density = decoder, encoder, components, density
         self.rule, self.settings, self.bpm, self.name = rule, settings, bpm, name
-        self.moods = dict(moods or {})
+        self.directions = dict(directions or {})
+        # The sliders' axes and units, the components' then the directions', as the page's sliderLatent has them.
+        self.axes = np.vstack([components.axes, *[direction.unit[None] for direction in self.directions.values()]])
+        self.units = np.concatenate([components.deviations, [d.deviation for d in self.directions.values()]])
         self.rng = np.random.default_rng()
         self.lock = threading.Lock()  # one decode at a time: Keras models are not made for concurrent calls
 
     def song(self, positions, threshold=None):
-        """The song at slider ``positions`` (the components', then the moods', which may be
-        left out: 0): its notes (measures, 9216, 0/1 uint8) by the run's rule, or those at
+        """The song at slider ``positions`` (the components', then the directions', which may
+        be left out: 0): its notes (measures, 9216, 0/1 uint8) by the run's rule, or those at
         or above ``threshold``."""
-        components = len(self.components.deviations)
-        latents = self.components.latents(np.asarray(positions[:components], np.float32)[None])
-        return self.song_of(steer(latents, self.moods, dict(zip(self.moods, positions[components:]))), threshold)
+        return self.song_of(self.latent(positions)[None], threshold)
+
+    def latent(self, positions):
+        """The latent vector (latent,) float32 of slider ``positions``: the mean, plus each
+        position times its unit along its axis, summed in float64 and rounded once, as the
+        exported page sums them, so that both decode the same vector."""
+        weights = np.zeros(len(self.units))
+        weights[: len(positions)] = np.asarray(positions, np.float64) * self.units[: len(positions)]
+        return (np.float64(self.components.mean) + weights @ np.float64(self.axes)).astype(np.float32)
 
     def song_of(self, latents, threshold=None):
         """The notes of the song of ``latents`` (1, latent), as ``song`` picks them."""
@@ -96,7 +104,7 @@ class Explorer:
 
     def random_positions(self):
         """Slider positions of a song drawn from the run's density, clipped to the sliders (the
-        components' alone: the moods stay where they are)."""
+        components' alone: the mood sliders stay where they are)."""
         latent = self.density.latents(self.rng.standard_normal((1, len(self.density.mean))))
         return np.clip(self.components.positions(latent)[0], -SLIDER_RANGE, SLIDER_RANGE)
 
@@ -132,7 +140,7 @@ class Explorer:
     def page_settings(self):
         """What the page needs to know: the sliders, the song's size, the tempo."""
         return {
-            "run": self.name, "sliders": len(self.components.deviations), "moods": list(self.moods),
+            "run": self.name, "sliders": len(self.components.deviations), "moods": list(self.directions),
             "range": SLIDER_RANGE,
             "measures": self.settings.measures, "steps_per_measure": STEPS_PER_MEASURE,
             "lowest_pitch": self.settings.lowest_pitch, "pitches": PITCHES, "bpm": self.bpm,
@@ -201,7 +209,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest("the body is not JSON") from None
         if not isinstance(asked, dict):
             raise BadRequest("the body is not a JSON object")
-        sliders = len(self.explorer.components.deviations) + len(self.explorer.moods)
+        sliders = len(self.explorer.units)
         positions = asked.get("positions")
         if not (isinstance(positions, list) and len(positions) == sliders and all(map(is_number, positions))):
             raise BadRequest(f"positions must be a list of {sliders} numbers")

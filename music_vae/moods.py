@@ -14,7 +14,8 @@ With a few hundred labelled windows the directions are noisy, so each is judged 
 does not come from the model: four features of the notes (MOOD_FEATURES), in the labelled
 pieces and in songs steered from -2 to +2, with bootstrap intervals over the labelled
 files. A direction *moves* a feature where steering changes it beyond its interval, the
-same way as the +1 pieces differ from the -1 pieces.
+same way as the +1 pieces differ from the -1 pieces; a label *works* where it moves one of
+its own features (OWN_FEATURES: the issue's for valence and arousal; any, for a user's label).
 """
 
 import csv
@@ -34,10 +35,11 @@ MOODS_FILE = "moods.json"  # in the run folder
 FOLDS = 5  # of the labelled files, for the classifier's cross-validation
 RIDGE = 1.0  # the classifier's L2 penalty, on standardized codes
 BOOTSTRAPS = 100  # resamplings of the labelled files, for the intervals
-STEERED_SONGS = 32  # songs drawn from the run's density and steered, for each amount
+STEERED_SONGS = 64  # songs drawn from the run's density and steered, for each amount
 AMOUNTS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # standard deviations along a direction
 INTERVAL = (2.5, 97.5)  # percentiles of the bootstrap: a 95% interval
-SIXTEENTH_STEPS = STEPS_PER_MEASURE // 16
+SIXTEENTH_STEPS = STEPS_PER_MEASURE // 16  # a sixteenth note in 4/4; a 16th of the measure in other meters
+KEY_CLASSES = 3  # pitch classes a song needs to be in a key: one or two fit a major and a minor key alike
 # Krumhansl and Kessler's probe-tone ratings (1982) of the 12 pitch classes from the tonic:
 # a song's key is the major or minor profile, at any tonic, that its pitch classes correlate with best.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -49,6 +51,9 @@ MOOD_FEATURES = {  # name -> what it is; each the ratio of two sums over songs, 
     "notes_per_measure": "notes per measure",
     "short_onsets": "onsets a sixteenth or less after the one before (share)",
 }
+# The features a label of VGMIDI's is about, the issue's: a direction "moves" a label where it moves one of
+# these; a label of the user's own is judged on all four.
+OWN_FEATURES = {"valence": ("major_share", "mean_pitch"), "arousal": ("notes_per_measure", "short_onsets")}
 
 
 # --------------------------------------------------------------------------------------
@@ -63,36 +68,46 @@ def read_labels(path):
     Raises
     ------
     UsageError
-        The file cannot be read, has no ``file`` or no label column, names a file twice, or
-        holds a value other than a number of +1 or -1.
+        The file cannot be read, has no row, no ``file`` or no label column, a column without
+        a name or twice, a row without a file or a file twice, or a value other than +1 or -1.
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.DictReader(file))
-            header = rows and list(rows[0]) or []
+            reader = csv.reader(file)
+            header = [name.strip() for name in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
     if "file" not in header:
-        raise UsageError(f"{path} has no 'file' column (its columns: {', '.join(header) or 'none'})")
-    names = [column for column in header if column != "file" and column is not None]
+        raise UsageError(f"{path} has no 'file' column (its first line: {', '.join(header) or 'empty'})")
+    if "" in header:
+        raise UsageError(f"{path}: column {header.index('') + 1} has no name (a comma too many in the first line?)")
+    twice = [name for name in header if header.count(name) > 1]
+    if twice:
+        raise UsageError(f"{path} has two columns named {twice[0]!r}")
+    names = [name for name in header if name != "file"]
     if not names:
         raise UsageError(f"{path} has no label column beside 'file'")
-    files = [row["file"] for row in rows]
-    twice = sorted({name for name in files if files.count(name) > 1})
-    if twice:
-        raise UsageError(f"{path} names {twice[0]} more than once")
-    labels = {name: np.zeros(len(rows)) for name in names}
-    for number, row in enumerate(rows):
+    if not rows:
+        raise UsageError(f"{path} has no row of labels")
+    files, labels = [], {name: np.zeros(len(rows)) for name in names}
+    for number, (line, row) in enumerate(rows):
+        cells = dict(zip(header, (cell.strip() for cell in row)))
+        if not cells.get("file"):
+            raise UsageError(f"{path}, line {line}: no file named")
+        if cells["file"] in files:
+            raise UsageError(f"{path}, line {line}: {cells['file']} is labelled twice")
+        files.append(cells["file"])
         for name in names:
-            text = (row[name] or "").strip()
+            text = cells.get(name, "")
             try:
                 value = float(text) if text else 0.0
             except ValueError:
-                raise UsageError(f"{path}, line {number + 2}: {name} is {text!r}, not a number") from None
-            if value not in (1.0, -1.0, 0.0) or (text and value == 0):
-                raise UsageError(f"{path}, line {number + 2}: {name} is {text}; a label is +1, -1 or empty")
+                raise UsageError(f"{path}, line {line}: {name} is {text!r}, not a number") from None
+            if value not in (1.0, -1.0) and text:
+                raise UsageError(f"{path}, line {line}: {name} is {text}; a label is +1, -1 or empty")
             labels[name][number] = value
     return files, labels
 
@@ -228,8 +243,11 @@ def grouped_folds(owners, labels, folds, seed):
 def classifier_scores(codes, labels, owners, seed, folds=FOLDS):
     """How well a logistic regression on the codes predicts a label, its folds by file:
     {"accuracy", "balanced_accuracy", "majority" (the accuracy of always saying the larger
-    class of the training folds), "windows", "folds"} over the labelled windows."""
+    class of the training folds), "windows", "folds"} over the labelled windows; None where a
+    class has fewer than two files."""
     labelled = labels != 0
+    if min(len(np.unique(owners[labels == value])) for value in (1, -1)) < 2:
+        return None  # a class of one file is in one fold only: it would be judged on no file of its own
     x, y = np.asarray(codes, np.float64)[labelled], (labels[labelled] == 1).astype(float)
     fold = grouped_folds(owners[labelled], labels[labelled], folds, seed)
     predicted, majority = np.zeros(len(y)), np.zeros(len(y))
@@ -259,7 +277,7 @@ def classifier_scores(codes, labels, owners, seed, folds=FOLDS):
 
 def feature_counts(songs, lowest_pitch):
     """Per song (count, 7): notes, notes in a major key (all or none, by the song's key), notes
-    in a key (a song of one pitch class has none), the sum of their MIDI pitches, measures,
+    in a key (a song of fewer than KEY_CLASSES pitch classes has none), the sum of their MIDI pitches, measures,
     onsets a sixteenth or less after the one before, onsets after another: the sums whose
     ratios are MOOD_FEATURES."""
     rows, classes = [], []
@@ -270,7 +288,7 @@ def feature_counts(songs, lowest_pitch):
         short = np.sum(gaps <= SIXTEENTH_STEPS)
         rows.append([len(pitch), 0, 0, np.sum(pitch + lowest_pitch), len(song), short, len(gaps)])
     rows, classes = np.array(rows, np.float64).reshape(-1, 7), np.array(classes, np.float64).reshape(-1, 12)
-    keyed = classes.std(axis=1) > 0
+    keyed = np.count_nonzero(classes, axis=1) >= KEY_CLASSES
     centred = classes - classes.mean(axis=1, keepdims=True)
     profiles = KEY_PROFILES - KEY_PROFILES.mean(axis=1, keepdims=True)
     # The correlation with each profile, but for a positive factor of the song's own: its best is the key.
@@ -295,11 +313,13 @@ def features_of_counts(counts, weights=None):
 
 
 def difference(plus, minus):
+    """Each of MOOD_FEATURES of ``plus`` minus that of ``minus`` (feature dicts)."""
     return {name: plus[name] - minus[name] for name in MOOD_FEATURES}
 
 
 def interval(values):
-    """The bootstrap interval of each feature of ``values`` (a list of feature dicts)."""
+    """The 95% bootstrap interval [low, high] of each feature of ``values`` (a list of feature
+    dicts, one a resampling)."""
     return {name: [float(np.nanpercentile([value[name] for value in values], q)) for q in INTERVAL]
             for name in MOOD_FEATURES}
 
@@ -334,78 +354,99 @@ def song_counts(decoder, rule, latents, lowest_pitch):
 
 
 def steering_effect(decoder, rule, base, codes, labels, owners, name, lowest_pitch, seed, boots=BOOTSTRAPS):
-    """The change of each feature from -2 to +2 standard deviations of steering ``base``, and
-    its bootstrap interval: the direction fitted again on each resampling of the labelled
-    files, the songs the same; with the median cosine between those directions and the one
-    of all files (1: the files agree on the direction)."""
+    """How steering along the direction of ``codes`` (windows, latent) labelled ``labels``
+    changes the songs of latent vectors ``base``: {"amount": the far end of AMOUNTS, "change":
+    each feature at +amount minus at -amount, "interval": its bootstrap interval (the
+    direction fitted again on each resampling of the labelled files, the songs the same),
+    "cosine": the median cosine between those directions and the one of all files (1: the
+    files agree on it)}."""
     far = max(AMOUNTS)
 
-    def effect(direction):
+    def change_along(direction):
         high = features_of_counts(song_counts(decoder, rule, direction.steer(base, far), lowest_pitch))
         low = features_of_counts(song_counts(decoder, rule, direction.steer(base, -far), lowest_pitch))
         return difference(high, low)
 
-    rng, resampled, cosines = np.random.default_rng(seed), [], []
     whole = Direction.fit(name, codes, labels)
+    rng, resampled, cosines = np.random.default_rng(seed), [], []
     for _ in range(boots):
         repeated = np.repeat(np.arange(len(labels)), file_bootstrap(owners, labels, rng))
         if np.any(labels[repeated] == 1) and np.any(labels[repeated] == -1):  # else it has no direction: left out
             direction = Direction.fit(name, codes[repeated], labels[repeated])
-            resampled.append(effect(direction))
+            resampled.append(change_along(direction))
             cosines.append(float(direction.unit @ whole.unit))
-    return {"amount": far, "interval": interval(resampled), "cosine": float(np.median(cosines))}, effect
+    return {"amount": far, "change": change_along(whole), "interval": interval(resampled),
+            "cosine": float(np.median(cosines))}
 
 
-def moved_features(data, effect, interval_of_effect):
-    """The features that steering moves beyond its bootstrap interval (0 outside it) the same
-    way as the +1 pieces differ from the -1 pieces (0 outside the data's interval too): of
-    every feature, not only those a label's name suggests (arousal might move pitch)."""
+def moved_features(name, data, effect, fixed=()):
+    """The features of label ``name`` (OWN_FEATURES, or all) that steering moves beyond its
+    bootstrap interval (0 outside it) the same way as the +1 pieces differ from the -1 pieces
+    (0 outside the data's interval too); ``effect`` is steering_effect's, and the ``fixed``
+    features (the note rule sets them) move nothing."""
     moved = []
-    for feature in MOOD_FEATURES:
-        low, high = interval_of_effect[feature]
+    for feature in OWN_FEATURES.get(name, tuple(MOOD_FEATURES)):
+        low, high = effect["interval"][feature]
         data_low, data_high = data["interval"][feature]
         data_sign = 1 if data_low > 0 else -1 if data_high < 0 else 0
-        if data_sign and (low > 0 if data_sign > 0 else high < 0) and np.sign(effect[feature]) == data_sign:
+        beyond = low > 0 if data_sign > 0 else high < 0
+        if feature not in fixed and data_sign and beyond and np.sign(effect["change"][feature]) == data_sign:
             moved.append(feature)
     return moved
 
 
+def steered_base(density, seed, temperature=1.0, songs=STEERED_SONGS):
+    """The latent vectors (songs, latent) of the songs that are steered to judge a direction:
+    drawn from the run's ``density`` at its ``temperature``, as generate draws them."""
+    return density.latents(fixed_noise(songs, len(density.mean), seed + 5), temperature)  # seed + 2: calibration
+
+
 # --------------------------------------------------------------------------------------
-# The moods of a run: learned, saved, loaded
+# The directions of a run: learned, saved, loaded
 # --------------------------------------------------------------------------------------
 
 
-def learn_moods(encoder, decoder, density, rule, files, labels, folder, settings, seed, boots=BOOTSTRAPS,
-                songs=STEERED_SONGS, progress=print):
+def learn_directions(encoder, decoder, base, rule, files, labels, folder, settings, seed, boots=BOOTSTRAPS,
+                     progress=print):
     """Every label's Direction, and a JSON-ready report of how reliable each is (its counts,
-    its classifier's scores, the features of its labelled pieces, of songs steered along it,
-    the bootstrap intervals, and the features it moves). ``progress(text)`` hears each step."""
+    its classifier's scores, the features of its labelled pieces and of the songs of latent
+    vectors ``base`` steered along it, the bootstrap intervals, and the features it moves).
+    ``progress(text)`` hears each step.
+
+    Raises
+    ------
+    UsageError
+        As labelled_windows, or a label has no +1 or no -1 window (said before the long work).
+    """
     windows, owners, skipped = labelled_windows(files, folder, settings)
     for name, why in skipped:
         progress(f"skipped {name}: {why}")
+    for name, file_labels in labels.items():
+        for value in (1, -1):
+            if not np.any(file_labels[owners] == value):
+                raise UsageError(f"no window of the labelled files is {value:+d} in {name}: a direction needs both")
     codes, _ = encode(encoder, list(windows))
     counts = feature_counts(windows, settings.lowest_pitch)
-    base = density.latents(fixed_noise(songs, len(density.mean), seed + 5))
+    # The per-song rule gives every song the data's note count: notes per measure cannot move.
+    fixed = ("notes_per_measure",) if rule.threshold is None and rule.method == "per-song" else ()
     directions, report = {}, {}
     for name, file_labels in labels.items():
         window_labels = file_labels[owners]
         direction = Direction.fit(name, codes, window_labels)
         data = data_features(counts, window_labels, owners, seed, boots)
-        bootstrap, effect = steering_effect(
-            decoder, rule, base, codes, window_labels, owners, name, settings.lowest_pitch, seed, boots
-        )
-        measured = effect(direction)
+        effect = steering_effect(decoder, rule, base, codes, window_labels, owners, name, settings.lowest_pitch, seed,
+                                 boots)
+        sides = (("+1", 1), ("-1", -1))
         report[name] = {
             "unit": direction.unit.tolist(), "deviation": direction.deviation,
-            "files": {sign: len(np.unique(owners[window_labels == value])) for sign, value in (("+1", 1), ("-1", -1))},
-            "windows": {sign: int(np.sum(window_labels == value)) for sign, value in (("+1", 1), ("-1", -1))},
+            "files": {sign: len(np.unique(owners[window_labels == value])) for sign, value in sides},
+            "windows": {sign: int(np.sum(window_labels == value)) for sign, value in sides},
             "classifier": classifier_scores(codes, window_labels, owners, seed),
             "data": data,
             "steered": {str(amount): values for amount, values in steered_features(
                 decoder, rule, base, direction, settings.lowest_pitch).items()},
-            "effect": {"amount": bootstrap["amount"], "change": measured, "interval": bootstrap["interval"]},
-            "bootstrap_cosine": bootstrap["cosine"],
-            "moves": moved_features(data, measured, bootstrap["interval"]),
+            "effect": effect, "fixed_by_note_rule": list(fixed),
+            "moves": moved_features(name, data, effect, fixed),
         }
         directions[name] = direction
         progress(summary_line(name, report[name]))
@@ -415,56 +456,73 @@ def learn_moods(encoder, decoder, density, rule, files, labels, folder, settings
 def summary_line(name, report):
     """One line of a direction's report: its counts, its classifier against the majority, and what it moves."""
     classifier = report["classifier"]
-    moves = ", ".join(report["moves"]) or "none of its features beyond the bootstrap interval"
+    own = "/".join(OWN_FEATURES.get(name, ("any feature",)))
+    moves = ", ".join(report["moves"]) or f"none of {own} beyond the bootstrap interval"
+    predicts = "too few files on one side to cross-validate" if classifier is None else (
+        f"the code predicts it with accuracy {classifier['accuracy']:.2f} (balanced "
+        f"{classifier['balanced_accuracy']:.2f}) against {classifier['majority']:.2f} for the majority class"
+    )
     return (
         f"{name}: {report['files']['+1']} files +1 / {report['files']['-1']} -1 "
-        f"({report['windows']['+1']} / {report['windows']['-1']} windows); the code predicts it with accuracy "
-        f"{classifier['accuracy']:.2f} (balanced {classifier['balanced_accuracy']:.2f}) against "
-        f"{classifier['majority']:.2f} for the majority class; steering moves {moves}"
+        f"({report['windows']['+1']} / {report['windows']['-1']} windows); {predicts}; steering moves {moves}"
     )
 
 
-def save_moods(run_path, report):
+def save_directions(run_path, report):
     """Write RUN_DIR/moods.json."""
     atomic_write(Path(run_path) / MOODS_FILE, text_writer(json.dumps(report, indent=1)))
 
 
-def load_directions(run_path):
-    """({name: Direction}, the report) of RUN_DIR/moods.json; ({}, None) where the run has none."""
+def load_directions(run_path, epochs_done, latent):
+    """({name: Direction}, the report) of RUN_DIR/moods.json; ({}, None) where the run has none.
+
+    Raises
+    ------
+    UsageError
+        The file cannot be read, or was learned from other models than the run's now
+        (``epochs_done`` epochs, ``latent`` dimensions): a resumed run needs them learned again.
+    """
     path = Path(run_path) / MOODS_FILE
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
+        directions = {
+            name: Direction(name, np.asarray(values["unit"], np.float32), float(values["deviation"]))
+            for name, values in report["directions"].items()
+        }
+        learned_at = report["epochs_done"]
     except FileNotFoundError:
         return {}, None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read {path}: {error}") from None
-    directions = {
-        name: Direction(name, np.asarray(values["unit"], np.float32), float(values["deviation"]))
-        for name, values in report["directions"].items()
-    }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"cannot read {path} ({type(error).__name__}: {error}): learn them again with moods") from None
+    if learned_at != epochs_done or any(direction.unit.shape != (latent,) for direction in directions.values()):
+        raise UsageError(
+            f"the mood directions in {path} were learned from the models of epoch {learned_at}, and the run has "
+            f"{epochs_done} epochs now: learn them again with music_generator.py moods"
+        )
     return directions, report
 
 
-def mood_text(amounts):
+def steering_text(steering):
     """{name: standard deviations} as "valence +1.0 sd, arousal -2.0 sd"."""
-    return ", ".join(f"{name} {amount:+.1f} sd" for name, amount in amounts.items())
+    return ", ".join(f"{name} {amount:+.1f} sd" for name, amount in steering.items())
 
 
-def chosen_amounts(directions, report, amounts, run_name):
-    """``amounts`` ({name: sd}) checked against the run's ``directions``, and a note for each
-    that moved none of its features when measured.
+def steering_notes(directions, report, steering, run_name):
+    """``steering`` ({name: sd}) checked against the run's ``directions``, and a note for each
+    direction that moved none of its features when it was learned.
 
     Raises
     ------
     UsageError
         A name the run has no direction of.
     """
-    for name in amounts:
+    for name in steering:
         if name not in directions:
             has = f"it has {', '.join(sorted(directions))}" if directions else (
                 "it has none: learn them with music_generator.py moods --run RUN --labels CSV")
             raise UsageError(f"run {run_name} has no mood direction {name!r}; {has}")
     return [
-        f"note: {name} moved none of its features beyond the bootstrap interval when it was learned "
-        f"({MOODS_FILE}); it is applied as asked" for name in amounts if not report["directions"][name]["moves"]
+        f"note: {name} moved none of {'/'.join(OWN_FEATURES.get(name, ('its features',)))} beyond the bootstrap "
+        f"interval when it was learned ({MOODS_FILE}); it is applied as asked"
+        for name in steering if not report["directions"][name]["moves"]
     ]

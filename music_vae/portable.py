@@ -209,13 +209,13 @@ def notes_changed(model_bytes, decoder, density, rule, seed, count=AGREEMENT_SON
     return {"notes_changed": changed / max(notes, 1), "largest_difference": float(np.abs(reference - exported).max())}
 
 
-def song_space(name, parameters, settings, components, density, rule, bpm, decoder_info, moods=None):
+def song_space(name, parameters, settings, components, density, rule, bpm, decoder_info, directions=None):
     """What turns slider positions into a song, as a JSON-ready dict: the sliders' axes
-    (``components``, a PrincipalComponents, then ``moods``, {name: moods.Direction}), the
+    (``components``, a PrincipalComponents, then ``directions``, {name: moods.Direction}), the
     density "Random" draws from, the note rule, the song's size and pitch window, the tempo,
     the run's name and parameters, and ``decoder_info`` (its file, input, output, weights
     and agreement)."""
-    moods = moods or {}
+    directions = directions or {}
     return {
         "format": "music_vae song space 1",
         "run": name,
@@ -228,8 +228,8 @@ def song_space(name, parameters, settings, components, density, rule, bpm, decod
             "deviations": components.deviations.tolist(), "range": SLIDER_RANGE,
         },
         "moods": {
-            "names": list(moods), "units": [direction.unit.tolist() for direction in moods.values()],
-            "deviations": [direction.deviation for direction in moods.values()],
+            "names": list(directions), "units": [direction.unit.tolist() for direction in directions.values()],
+            "deviations": [direction.deviation for direction in directions.values()],
         },
         "density": {"mean": density.mean.tolist(), "scale": density.scale.tolist()},
         "note_rule": {

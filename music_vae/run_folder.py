@@ -18,7 +18,7 @@ from music_vae.distribute import listed_devices
 from music_vae.evaluation import evaluation_table
 from music_vae.files import UsageError, atomic_write, remove_partial_files, text_writer
 from music_vae.latent import DENSITY_FILE, LatentDensity
-from music_vae.moods import mood_text
+from music_vae.moods import steering_text
 from music_vae.samples import PITCHES, DataSettings
 
 try:
@@ -232,7 +232,7 @@ def info_text(state):
         *([f"  from generate            {generate_text(state['generate'])}"] if "generate" in state else []),
         *[
             f"  mood direction           {name}: moves {', '.join(moved) or 'no feature beyond its interval'}"
-            for name, moved in state.get("moods", {}).items()
+            for name, moved in state.get("mood_directions", {}).items()
         ],
         "",
         "Environment",
@@ -258,7 +258,7 @@ def info_text(state):
 
 def generate_text(generated):
     """What the last generate into the run's folder did, as "8 songs, seed 5, steered valence +1.0 sd"."""
-    steered = f", steered {mood_text(generated['moods'])}" if generated.get("moods") else ""
+    steered = f", steered {steering_text(generated['steering'])}" if generated.get("steering") else ""
     return f"{generated['songs']} songs, seed {generated['seed']}{steered}"
 
 

@@ -3,6 +3,7 @@ run: generate, evaluate, reconstruct, interpolate, variations and explore."""
 
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 from music_vae.audio import note_sine_waves
@@ -67,6 +68,14 @@ class TrainedRun:
         page where that is the run's own. Returns a list of WrittenSong."""
         names = [f"{prefix}_song{number:02d}" for number in range(1, len(latents) + 1)]
         return self.save(decode(self.decoder, latents), names)
+
+    def remove_songs(self, prefix, keep):
+        """Remove the songs PREFIX_songNN numbered above ``keep`` from the output folder, so that
+        what a longer call left there does not pass for this call's songs."""
+        for path in self.folder.glob(f"*/{prefix}_song*"):
+            number = re.fullmatch(rf"{re.escape(prefix)}_song(\d+)", path.stem)
+            if number and int(number.group(1)) > keep:
+                path.unlink()
 
     def save(self, songs, names, rule=None):
         """Save decoded ``songs`` (count, measures, 9216 values) as ``names`` in the output

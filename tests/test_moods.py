@@ -18,8 +18,7 @@ import music_generator as mg
 from music_vae.commands import run_explorer
 from music_vae.explore_server import make_server
 from music_vae.moods import (
-    MOODS_FILE, Direction, classifier_scores, feature_counts, features_of_counts, grouped_folds, load_directions,
-    read_labels, steer,
+    MOODS_FILE, Direction, classifier_scores, feature_counts, features_of_counts, grouped_folds, read_labels, steer,
 )
 from music_vae.samples import DataSettings, midi_to_song, song_to_midi
 from music_vae.songs import decode
@@ -102,8 +101,10 @@ def test_an_octave_up_gives_a_direction_that_moves_songs_up(learned, tmp_path):
 
 def test_generate_into_the_run_says_which_moods_on_its_page_and_info_file(learned, capsys):
     run, _ = learned
+    assert mg.main(["generate", "--run", str(run), "--songs", "3", "--no-audio"]) == 0
     argv = ["generate", "--run", str(run), "--songs", "1", "--seed", "5", "--mood", "valence=-1.5", "--no-audio"]
     assert mg.main(argv) == 0
+    assert [path.name for path in (run / "generated" / "midi").glob("sample_*")] == ["sample_song01.mid"]
     assert "with seed 5, steered valence -1.5 sd" in capsys.readouterr().out
     said = "1 songs, seed 5, steered valence -1.5 sd"
     assert f"Songs from generate: {said}" in (run / "index.html").read_text()
@@ -119,7 +120,21 @@ def test_a_direction_that_moved_nothing_is_applied_with_a_note(learned, tmp_path
     (copy / MOODS_FILE).write_text(json.dumps(report))
     argv = ["generate", "--run", str(copy), "--songs", "1", "--valence", "1", "--no-audio"]
     assert mg.main([*argv, "--output-dir", str(tmp_path / "songs")]) == 0
-    assert "note: valence moved none of its features beyond the bootstrap interval" in capsys.readouterr().out
+    assert "note: valence moved none of major_share/mean_pitch beyond the bootstrap interval" in capsys.readouterr().out
+
+
+def test_directions_learned_before_more_training_are_refused_and_leave_the_sliders(learned, tmp_path, capsys):
+    run, report = learned
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / MOODS_FILE).write_text(json.dumps({**report, "epochs_done": report["epochs_done"] - 1}))
+    assert mg.main(["generate", "--run", str(copy), "--valence", "1"]) == 2
+    assert "learned from the models of epoch 9, and the run has 10 epochs now" in capsys.readouterr().err
+    assert run_explorer(TrainedRun(copy), 3).page_settings()["moods"] == []
+    assert "note: no mood sliders: the mood directions" in capsys.readouterr().out
+    (copy / MOODS_FILE).write_text('{"directions": {"valence": {}}}')
+    assert mg.main(["generate", "--run", str(copy), "--valence", "1"]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def test_mood_mistakes_get_one_line_and_exit_code_2(octave_run, learned, tmp_path, capsys):
@@ -141,6 +156,8 @@ def test_mood_mistakes_get_one_line_and_exit_code_2(octave_run, learned, tmp_pat
         (["--labels", str(csv("two.csv", "file,valence\nlow0.mid,2\n")), "--data", str(folder)],
          "line 2: valence is 2; a label is +1, -1 or empty"),
         (["--labels", str(csv("nofile.csv", "name,valence\nlow0.mid,1\n"))], "has no 'file' column"),
+        (["--labels", str(csv("comma.csv", "file,valence,\nlow0.mid,1,\n"))], "column 3 has no name"),
+        (["--labels", str(csv("header.csv", "file,valence\n"))], "has no row of labels"),
         (["--labels", str(tmp_path / "absent.csv")], "absent.csv does not exist"),
     ]
     argvs = [["moods", "--run", str(run), *args] for args, _ in cases]
@@ -189,7 +206,8 @@ def test_the_features_of_known_songs():
     major = features_of_counts(counts[:1])
     assert major["major_share"] == 1 and major["notes_per_measure"] == 6
     assert major["mean_pitch"] == pytest.approx((60 + 64 + 67 + 72 + 60 + 64 + 67 + 60 + 4 * 60) / 12)
-    # 11 gaps: 7 of 12 steps in measure 1, 12 + 84 - 84 ... then 3, 3 and 42: two of a sixteenth (6) or less
+    # 11 gaps between onsets: 7 of 12 steps in the first measure, 12 to the next measure's first, then 3, 3
+    # and 42: two of a sixteenth (6 steps) or less
     assert major["short_onsets"] == pytest.approx(2 / 11)
     assert features_of_counts(counts[1:])["major_share"] == 0
     assert features_of_counts(counts)["major_share"] == pytest.approx(12 / 20)  # pooled by notes
@@ -220,13 +238,15 @@ def test_a_direction_points_from_the_minus_to_the_plus_codes_in_their_deviations
 
 def test_the_explore_server_has_a_slider_for_each_mood(learned):
     run, _ = learned
-    directions, _ = load_directions(run)
     trained = TrainedRun(run)
     explorer = run_explorer(trained, 3)
     assert explorer.page_settings()["moods"] == ["valence"]
+    latent = explorer.latent([0.0, 0.0, 0.0, 2.0])  # the mean song moved 2 deviations along valence
+    valence = explorer.directions["valence"]
+    assert latent == pytest.approx(valence.steer(explorer.components.mean[None], 2.0)[0], abs=1e-5)
     steered = explorer.song([0.0, 0.0, 0.0, 2.0], threshold=0.05)
-    latents = steer(explorer.components.latents(np.zeros((1, 3))), directions, {"valence": 2.0})
-    assert np.array_equal(steered, (decode(trained.decoder, latents)[0] >= 0.05).astype(np.uint8))
+    assert np.array_equal(steered, (decode(trained.decoder, latent[None])[0] >= 0.05).astype(np.uint8))
+    assert not np.array_equal(steered, explorer.song([0.0, 0.0, 0.0, 0.0], 0.05))
     assert np.array_equal(explorer.song([0.0, 0.0, 0.0], 0.05), explorer.song([0.0, 0.0, 0.0, 0.0], 0.05))
     server = make_server(explorer, port=0)  # the page asks for a song at the components' and the mood's positions
     threading.Thread(target=server.serve_forever, daemon=True).start()
