@@ -212,6 +212,9 @@ def test_the_features_of_known_songs():
     assert features_of_counts(counts[1:])["major_share"] == 0
     assert features_of_counts(counts)["major_share"] == pytest.approx(12 / 20)  # pooled by notes
     assert features_of_counts(counts, [0, 2])["major_share"] == 0  # weights: the minor song twice, the major never
+    fifths = np.zeros((1, 96, 96), np.uint8)
+    fifths[0, [60 - SETTINGS.lowest_pitch, 67 - SETTINGS.lowest_pitch], ::12] = 1  # C and G alone: in no one key
+    assert np.isnan(features_of_counts(feature_counts([fifths.reshape(1, -1)], SETTINGS.lowest_pitch))["major_share"])
 
 
 def test_the_classifier_keeps_files_apart_and_beats_the_majority_only_where_the_code_knows():
