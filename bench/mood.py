@@ -7,9 +7,11 @@ still music.
                          [--bootstraps 100] [--json FILE]
 
 The labels default to VGMIDI's (../shared/midi/vgmidi_emotion.csv, the files in
-../shared/midi/vgmidi). The directions are learned as ``music_generator.py moods`` learns them
-(music_vae/moods.py), with --songs songs drawn from the run's density and --bootstraps
-resamplings of the labelled files, and the run is left as it is (no moods.json written).
+../shared/midi/vgmidi); ``--labels key`` labels every file of --data by its own key instead
+(major +1, minor -1), a control: a direction the code must hold if it knows the mode. The
+directions are learned as ``music_generator.py moods`` learns them (music_vae/moods.py), with
+--songs songs drawn from the run's density and --bootstraps resamplings of the labelled files,
+and the run is left as it is (no moods.json written).
 Prints, for each label column:
 
 - the classifier: a logistic regression on the encoded windows, cross-validated by file (5
@@ -37,8 +39,10 @@ sys.path.insert(0, str(REPO))
 from music_vae import music_metrics  # noqa: E402
 from music_vae.dataset import read_sample, subset  # noqa: E402
 from music_vae.moods import (  # noqa: E402
-    AMOUNTS, BOOTSTRAPS, MOOD_FEATURES, OWN_FEATURES, STEERED_SONGS, learn_directions, read_labels, steered_base,
+    AMOUNTS, BOOTSTRAPS, MOOD_FEATURES, OWN_FEATURES, STEERED_SONGS, feature_counts, features_of_counts,
+    learn_directions, read_labels, steered_base,
 )
+from music_vae.samples import SkipFile, midi_to_samples  # noqa: E402
 from music_vae.songs import decode  # noqa: E402
 from music_vae.trained_run import TrainedRun  # noqa: E402
 
@@ -52,7 +56,10 @@ HEADINGS = {"major_share": "major key (%)", "mean_pitch": "mean pitch (MIDI)", "
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a run trained on the labelled files' collection")
-    parser.add_argument("--labels", default=str(SHARED / "vgmidi_emotion.csv"))
+    parser.add_argument(
+        "--labels", default=str(SHARED / "vgmidi_emotion.csv"),
+        help="a labels CSV, or 'key': each file of --data labelled major +1 or minor -1 by its own notes, a control",
+    )
     parser.add_argument("--data", default=str(SHARED / "vgmidi"), help="the folder of the labelled MIDI files")
     parser.add_argument("--songs", type=int, default=STEERED_SONGS, help="steered songs at each amount")
     parser.add_argument("--bootstraps", type=int, default=BOOTSTRAPS)
@@ -60,7 +67,7 @@ def main():
     args = parser.parse_args()
 
     trained = TrainedRun(args.run)
-    files, labels = read_labels(args.labels)
+    files, labels = key_labels(args.data, trained.settings) if args.labels == "key" else read_labels(args.labels)
     seed = trained.config.seed
     base = steered_base(trained.density, seed, trained.config.temperature, args.songs)
     directions, report = learn_directions(
@@ -86,6 +93,22 @@ def main():
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"\nWrote {args.json}")
+
+
+def key_labels(folder, settings):
+    """Every MIDI file under ``folder`` labelled "major" +1 where most of its windows' notes are
+    in a major key and -1 where most are in a minor one (moods.py's key): a label the notes
+    themselves give, so that its direction shows whether the code knows the mode at all."""
+    files, major = [], []
+    for path in sorted(Path(folder).rglob("*.mid")):
+        try:
+            windows = midi_to_samples(path, settings).samples
+        except (SkipFile, OSError):
+            continue
+        counts = feature_counts(windows, settings.lowest_pitch)
+        files.append(str(path.relative_to(folder)))
+        major.append(1.0 if features_of_counts(counts)["major_share"] > 0.5 else -1.0)
+    return files, {"major": np.array(major)}
 
 
 def steered_songs(trained, latents):
