@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -23,7 +24,7 @@ import pytest
 import music_generator as mg
 from music_vae import callbacks, files
 from music_vae.run_folder import RunFolder
-from helpers import REPO, SMALL, make_samples, run_cli, train
+from helpers import REPO, SMALL, make_samples, train
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and Python's SIGINT handling are POSIX's")
 
@@ -43,10 +44,10 @@ def samples(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(samples):
-    """The run as it is when nothing stops it."""
+    """The run as it is when nothing stops it, trained in this process (a subprocess would
+    import TensorFlow anew: 5 s); the stopped runs, trained in subprocesses, must equal it."""
     output = samples.parent / "uninterrupted"
-    result = run_cli("train", "--data", samples, "--output-dir", output, *OPTIONS)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert mg.main(["train", "--data", str(samples), "--output-dir", str(output), *OPTIONS]) == 0
     (run,) = output.iterdir()
     return run
 
@@ -60,6 +61,25 @@ def stop_at(moment, samples, output):
     process = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     (run,) = output.iterdir()
     return process, run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stopped(request, samples, tmp_path_factory):
+    """{moment: a future of stop_at(moment)} for the tests of this module that are to run (their
+    ``moment`` parameter), in their order. From the module's first test on, a thread runs the
+    processes one after another, while the tests train and resume runs in this process: both
+    cores busy, where a test that ran its own process kept one busy at a time (the module took
+    300 s so on the 2-core machine, 120 s this way)."""
+    moments = [
+        item.callspec.params["moment"] for item in request.session.items
+        if item.module is request.module and "moment" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    if sys.platform == "win32":
+        moments = []  # their tests skip (posix)
+    pool = ThreadPoolExecutor(max_workers=1)
+    # The folders are made here, in pytest's thread, not in the pool's.
+    yield {moment: pool.submit(stop_at, moment, samples, tmp_path_factory.mktemp("stop")) for moment in moments}
+    pool.shutdown(cancel_futures=True)  # a run no test waits for any more (pytest -x) is not started
 
 
 def partial_files(run):
@@ -103,58 +123,8 @@ def assert_resumes_to_the_uninterrupted_run(run, uninterrupted):
         np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=name)
 
 
-KILLS = [  # (when, epochs recorded when the kill comes)
-    ("batch:1:2", 0),  # in the first epoch: nothing is recorded, and resuming starts it again
-    ("batch:2:2", 1),  # in an epoch
-    ("write:epoch002/encoder.keras", 1),  # while saving the models
-    ("write:wav/epoch002_song02.wav", 1),  # while writing an epoch's songs
-    ("call:run_folder.RunFolder.use_models:1", 1),  # an epoch recorded, its models not yet in place
-    ("call:run_folder.RunFolder.use_models:2", EPOCHS),  # the same after the last epoch
-    ("write:midi/final_song02.mid", EPOCHS),  # while writing the final songs
-    ("call:evaluation.reconstruction_scores", EPOCHS),  # during the final evaluation
-]
-
-
-@posix
-@pytest.mark.parametrize(("when", "recorded"), KILLS, ids=[when for when, _ in KILLS])
-@pytest.mark.slow
-def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(
-    samples, uninterrupted, tmp_path, when, recorded
-):
-    killed, run = stop_at(f"kill@{when}", samples, tmp_path)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    state = state_of(run)
-    assert (state["epochs_done"], state["status"]) == (recorded, "training")
-    if when.startswith("write:"):
-        assert partial_files(run)  # half-written: what resuming must clear away
-    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
-
-
-CTRL_C = [  # (how@when, epochs recorded, what the message says to do)
-    ("ctrl-c@batch:2:2", 1, "Continue with: python music_generator.py train --resume"),
-    # Pressed while the last epoch is saved: the epoch is recorded, and the run stops before its final songs.
-    ("ctrl-c@write:epoch002/vae.keras", EPOCHS, "write them with: python music_generator.py train --resume"),
-    ("ctrl-c-twice@write:epoch002/vae.keras", 1, "Continue with: python music_generator.py train --resume"),
-    ("ctrl-c@write:img/final_song01.png", EPOCHS, "write them with: python music_generator.py train --resume"),
-]
-
-
-@posix
-@pytest.mark.parametrize(("moment", "recorded", "advice"), CTRL_C, ids=[moment for moment, _, _ in CTRL_C])
-@pytest.mark.slow
-def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_would_have_been(
-    samples, uninterrupted, tmp_path, moment, recorded, advice
-):
-    """Once: before the next training batch, an epoch whose batches are done still recorded.
-    Twice, or after training: at once. Each time with the command that continues the run."""
-    interrupted, run = stop_at(moment, samples, tmp_path)
-    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
-    assert advice in interrupted.stderr and "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
-    state = state_of(run)
-    assert (state["epochs_done"], state["status"]) == (recorded, f"interrupted after epoch {recorded}")
-    assert not partial_files(run)  # Python's KeyboardInterrupt reaches the writers, which clean up
-    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
-
+# The tests in this process come first: the stopped runs of the tests after them train and
+# stop in their subprocesses meanwhile (see the fixture stopped).
 
 FULL_DISK = [  # (the file the disk fills on, epochs recorded by then)
     ("model/epoch001/vae.keras", 0),  # before the first epoch ends: resuming starts the run again
@@ -182,8 +152,11 @@ def fill_the_disk_at(monkeypatch, where):
 @pytest.mark.parametrize(("where", "recorded"), FULL_DISK, ids=[where for where, _ in FULL_DISK])
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_resumed_run_completes(tmp_path, monkeypatch, capsys, where, recorded):
+    """The disk fills while ``where`` is written: one line saying how to continue, what was
+    recorded kept, nothing half written left, and the resumed run finishes."""
     fill_the_disk_at(monkeypatch, where)
-    code, run = train(tmp_path, epochs=2)
+    # One song an epoch and one at the end, not the default 3 and 10: enough for a disk full on a WAV file.
+    code, run = train(tmp_path, "--songs-per-epoch", "1", "--songs", "1", epochs=2)
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1
     assert error == (
@@ -221,6 +194,58 @@ def test_a_run_being_trained_is_not_resumed_by_a_second_process(tmp_path, capsys
     assert "is being trained by another process" in capsys.readouterr().err
     assert (run / "state.json").read_bytes() == before
     assert (run / "generated" / "img" / "epoch002_song01.png").exists()  # not cleaned away from under it
+
+
+KILLS = [  # (kill@when, epochs recorded when the kill comes)
+    ("kill@batch:1:2", 0),  # in the first epoch: nothing is recorded, and resuming starts it again
+    ("kill@batch:2:2", 1),  # in an epoch
+    ("kill@write:epoch002/encoder.keras", 1),  # while saving the models
+    ("kill@write:wav/epoch002_song02.wav", 1),  # while writing an epoch's songs
+    ("kill@call:run_folder.RunFolder.use_models:1", 1),  # an epoch recorded, its models not yet in place
+    ("kill@call:run_folder.RunFolder.use_models:2", EPOCHS),  # the same after the last epoch
+    ("kill@write:midi/final_song02.mid", EPOCHS),  # while writing the final songs
+    ("kill@call:evaluation.reconstruction_scores", EPOCHS),  # during the final evaluation
+]
+
+
+@posix
+@pytest.mark.parametrize(("moment", "recorded"), KILLS, ids=[moment[len("kill@") :] for moment, _ in KILLS])
+@pytest.mark.slow
+def test_a_run_killed_at_any_moment_resumes_to_the_run_it_would_have_been(stopped, uninterrupted, moment, recorded):
+    """Killed (SIGKILL) at ``moment``: what it recorded is intact, and resumed it is the run never stopped."""
+    killed, run = stopped[moment].result()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    state = state_of(run)
+    assert (state["epochs_done"], state["status"]) == (recorded, "training")
+    if moment.startswith("kill@write:"):
+        assert partial_files(run)  # half-written: what resuming must clear away
+    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
+
+
+CTRL_C = [  # (how@when, epochs recorded, what the message says to do)
+    ("ctrl-c@batch:2:2", 1, "Continue with: python music_generator.py train --resume"),
+    # Pressed while the last epoch is saved: the epoch is recorded, and the run stops before its final songs.
+    ("ctrl-c@write:epoch002/vae.keras", EPOCHS, "write them with: python music_generator.py train --resume"),
+    ("ctrl-c-twice@write:epoch002/vae.keras", 1, "Continue with: python music_generator.py train --resume"),
+    ("ctrl-c@write:img/final_song01.png", EPOCHS, "write them with: python music_generator.py train --resume"),
+]
+
+
+@posix
+@pytest.mark.parametrize(("moment", "recorded", "advice"), CTRL_C, ids=[moment for moment, _, _ in CTRL_C])
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_where_it_is_safe_and_it_resumes_to_the_run_it_would_have_been(
+    stopped, uninterrupted, moment, recorded, advice
+):
+    """Once: before the next training batch, an epoch whose batches are done still recorded.
+    Twice, or after training: at once. Each time with the command that continues the run."""
+    interrupted, run = stopped[moment].result()
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert advice in interrupted.stderr and "Traceback" not in interrupted.stderr, interrupted.stderr[-3000:]
+    state = state_of(run)
+    assert (state["epochs_done"], state["status"]) == (recorded, f"interrupted after epoch {recorded}")
+    assert not partial_files(run)  # Python's KeyboardInterrupt reaches the writers, which clean up
+    assert_resumes_to_the_uninterrupted_run(run, uninterrupted)
 
 
 @posix
