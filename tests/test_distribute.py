@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -84,26 +85,36 @@ def assert_same_losses(run, reference):
 
 
 @pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    """Samples, and a run of them on one device (JAX): what the distributed runs must match."""
-    folder = tmp_path_factory.mktemp("one_device")
-    data = make_samples(folder / "samples", SAMPLES)
-    result = command(devices=1)(*train_args(data, folder / "runs"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return data, only_run(folder / "runs")
+def samples(tmp_path_factory):
+    return make_samples(tmp_path_factory.mktemp("samples") / "samples", SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def one_device(samples, tmp_path_factory):
+    """A future of the samples' run on one device (JAX): what the distributed runs must match.
+    It trains in a thread, beside the first test's processes: each of these JAX processes keeps
+    about one core of the two busy."""
+    output = tmp_path_factory.mktemp("one_device")
+
+    def train_on_one_device():
+        result = command(devices=1)(*train_args(samples, output))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return only_run(output)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(train_on_one_device)
 
 
 @needs_jax
 @pytest.mark.slow
-def test_two_devices_learn_what_one_does_and_their_run_resumes_and_generates(tmp_path, one_device):
-    data, reference = one_device
+def test_two_devices_learn_what_one_does_and_their_run_resumes_and_generates(tmp_path, samples, one_device):
     run = command()
-    result = run(*train_args(data, tmp_path / "runs", "--distribute", "data-parallel", epochs=1))
+    result = run(*train_args(samples, tmp_path / "runs", "--distribute", "data-parallel", epochs=1))
     assert result.returncode == 0, result.stderr[-3000:]
     two = only_run(tmp_path / "runs")
     result = run("train", "--resume", two, "--epochs", "2", "--no-audio")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_losses(two, reference)
+    assert_same_losses(two, one_device.result())
     assert "trained on               2 devices (cpu:0, cpu:1), 1 process" in (two / f"{two.name}_info.txt").read_text()
     assert "<td>trained on</td><td>2 devices (cpu:0, cpu:1), 1 process</td>" in (two / "index.html").read_text()
 
@@ -142,30 +153,30 @@ def two_processes(*args):
 
 @needs_jax
 @pytest.mark.slow
-def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device(tmp_path, one_device):
+def test_two_processes_on_one_machine_make_one_run_with_the_losses_of_one_device(tmp_path, samples, one_device):
     """Two processes stand in for two machines: a run of one epoch, then resumed for one more."""
-    data, reference = one_device
-    two_processes(*train_args(data, tmp_path / "runs", "--distribute", "data-parallel", epochs=1))
+    two_processes(*train_args(samples, tmp_path / "runs", "--distribute", "data-parallel", epochs=1))
     run = only_run(tmp_path / "runs")
     two_processes("train", "--resume", run, "--epochs", "2", "--no-audio")
     assert only_run(tmp_path / "runs") == run
-    assert_same_losses(run, reference)
+    assert_same_losses(run, one_device.result())
     assert re.search(r"2 devices \(cpu:0, cpu:\d+\), 2 processes", (run / f"{run.name}_info.txt").read_text())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
 @pytest.mark.slow
-def test_tensorflow_replicas_share_the_loss_instead_of_adding_it_up(tmp_path, one_device):
+def test_tensorflow_replicas_share_the_loss_instead_of_adding_it_up(tmp_path, samples):
     """TensorFlow's replicas draw their own noise for the latent vectors, so the losses match
-    one device's only roughly; a loss added up over the two would be twice as large."""
-    data, _ = one_device
-    outputs = {}
-    for devices, options in ((1, ()), (2, ("--distribute", "data-parallel"))):
-        output = tmp_path / str(devices)
-        args = train_args(data, output, *options, "--latent-batch-norm", "0", epochs=1)
-        result = command("tensorflow", devices)(*args)
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs[devices] = only_run(output)
+    one device's only roughly; a loss added up over the two would be twice as large. The two
+    runs train at once: each process spends most of its time on one core of the two."""
+    results, outputs = {}, {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for devices, options in ((1, ()), (2, ("--distribute", "data-parallel"))):
+            args = train_args(samples, tmp_path / str(devices), *options, "--latent-batch-norm", "0", epochs=1)
+            results[devices] = pool.submit(command("tensorflow", devices), *args)
+    for devices, result in results.items():
+        assert result.result().returncode == 0, result.result().stderr[-3000:]
+        outputs[devices] = only_run(tmp_path / str(devices))
     two, one = losses(outputs[2]), losses(outputs[1])
     assert json.loads((outputs[2] / "state.json").read_text())["devices"]["names"] == ["/device:CPU:0", "/device:CPU:1"]
     for key in one:
