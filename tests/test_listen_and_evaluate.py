@@ -9,11 +9,13 @@ import shutil
 import subprocess
 import sys
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import music_generator as mg
 from music_vae import music_metrics as mm
 from music_vae.audio import (
     AUDIO_PEAK, AUDIO_SAMPLE_RATE, AUDIO_TAIL_S, HIDE_FLUIDSYNTH, SOUNDFONTS, Synthesizer, has_fluidsynth, wav_writer,
@@ -546,13 +548,16 @@ def own_copy(run, tmp_path):
     return shutil.copytree(run, tmp_path / "run")
 
 
+# The commands that succeed run in this process (a fresh one would import TensorFlow anew: 4.5
+# s); the mistakes below, which must say one line and nothing else, each in a fresh one.
 @pytest.mark.slow
-def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
+def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path, capsys):
     run = own_copy(run, tmp_path)
     validation = make_samples(tmp_path / "held_out", 3, seed=7)
-    result = run_cli("evaluate", "--run", run, "--songs", "epoch001_*", "--validation", validation, "--samples", "5")
-    assert result.returncode == 0, result.stderr
-    assert "repeated measure pairs" in result.stdout and "epoch001_song02" in result.stdout
+    options = ["--songs", "epoch001_*", "--validation", str(validation), "--samples", "5"]
+    assert mg.main(["evaluate", "--run", str(run), *options]) == 0
+    out = capsys.readouterr().out
+    assert "repeated measure pairs" in out and "epoch001_song02" in out
     results = json.loads((run / "evaluation.json").read_text())
     assert sorted(results["songs"]) == ["epoch001_song01", "epoch001_song02"]
     assert results["compared"]["data_samples"] == 5 and results["reconstruction"]["samples"] == 3
@@ -560,48 +565,68 @@ def test_evaluate_judges_the_songs_a_glob_picks(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_song_that_replays_a_training_phrase_in_another_key_and_place_is_judged_a_copy_of_it(run, tmp_path):
+def test_a_song_that_replays_a_training_phrase_in_another_key_and_place_is_judged_a_copy_of_it(run, tmp_path, capsys):
     run = own_copy(run, tmp_path)
     replayed = np.load(run_data(run).training[1]).reshape(16, PITCHES, STEPS_PER_MEASURE)
     song = np.zeros_like(replayed)
     song[5:] = np.roll(replayed, 3, axis=1)[:11]  # 3 semitones up, from measure 6 on
     song_to_midi(song.reshape(16, -1)).write(str(run / "generated" / "midi" / "replay_song01.mid"))
-    result = run_cli("evaluate", "--run", run, "--songs", "*_song01.mid")
-    assert result.returncode == 0, result.stderr
+    assert mg.main(["evaluate", "--run", str(run), "--songs", "*_song01.mid"]) == 0
     originality = json.loads((run / "evaluation.json").read_text())["originality"]
     assert originality["songs"]["replay_song01"] == {"measures": 11, "copied": 11, "phrase_copy": True}
     assert originality["generated"]["phrase_copies"] >= 1
-    assert "11 of 11, a phrase copy" in result.stdout
+    assert "11 of 11, a phrase copy" in capsys.readouterr().out
     assert "songs with a phrase copy" in (run / "index.html").read_text()
 
 
 @pytest.mark.slow
 def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, tmp_path):
     run = own_copy(run, tmp_path)
-    result = run_cli("generate", "--run", run, "--songs", "2", "--seed", "3", "--no-audio")
-    assert result.returncode == 0, result.stderr
+    assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "3", "--no-audio"]) == 0
     assert not list((run / "generated" / "wav").glob("sample_*"))
     page = (run / "index.html").read_text()
     assert "<h2>Songs from generate</h2>" in page and "generated/img/sample_song02.png" in page
     assert page.count("<audio") == 7  # the training songs' players only
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--songs", "nothing_*.mid"], "no songs match 'nothing_\\*.mid'"),
-        (["--data", "{tmp}/missing"], "data folder .* does not exist"),
-        (["--samples", "0"], "argument --samples: must be"), (["--songs", ""], "is not a pattern of MIDI files"),
-        (["--songs", "."], "is not a pattern of MIDI files"), (["--validation", "{tmp}"], "no .npy samples in"),
-    ],
-)
+EVALUATE_MISTAKES = [  # (evaluate's options, what its error says)
+    (["--songs", "nothing_*.mid"], "no songs match 'nothing_\\*.mid'"),
+    (["--data", "{tmp}/missing"], "data folder .* does not exist"),
+    (["--samples", "0"], "argument --samples: must be"), (["--songs", ""], "is not a pattern of MIDI files"),
+    (["--songs", "."], "is not a pattern of MIDI files"), (["--validation", "{tmp}"], "no .npy samples in"),
+]
+
+
+@pytest.fixture(scope="module")
+def evaluate_mistakes(request, run, tmp_path_factory):
+    """{mistake: (a copy of the shared run, a future of its evaluate process)} for the mistake
+    tests of this module that are to run (their ``mistake``, an index into EVALUATE_MISTAKES),
+    two processes at a time: each spends most of its 4.5 s importing TensorFlow on one core of
+    the two. Each on a copy, so that each test sees what its own process left."""
+    mistakes = [
+        item.callspec.params["mistake"] for item in request.session.items
+        if item.module is request.module and "mistake" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    pool = ThreadPoolExecutor(max_workers=2)
+    started = {}
+    for mistake in mistakes:  # the folders made here, in pytest's thread, not in the pool's
+        copy = own_copy(run, tmp_path_factory.mktemp("mistake"))
+        args = [arg.format(tmp=tmp_path_factory.mktemp("empty")) for arg in EVALUATE_MISTAKES[mistake][0]]
+        started[mistake] = copy, pool.submit(run_cli, "evaluate", "--run", copy, *args)
+    yield started
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("mistake", range(len(EVALUATE_MISTAKES)), ids=[" ".join(a) for a, _ in EVALUATE_MISTAKES])
 @pytest.mark.slow
-def test_evaluate_mistakes_get_one_line_and_exit_code_2(run, tmp_path, args, message):
-    before = (run / "evaluation.json").read_bytes()
-    result = run_cli("evaluate", "--run", run, *[arg.format(tmp=tmp_path) for arg in args])
+def test_evaluate_mistakes_get_one_line_and_exit_code_2(run, evaluate_mistakes, mistake):
+    """Each in a fresh process, which must say one line: what TensorFlow says as it starts would show."""
+    message = EVALUATE_MISTAKES[mistake][1]
+    copy, process = evaluate_mistakes[mistake]
+    result = process.result()
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr), result.stderr
-    assert (run / "evaluation.json").read_bytes() == before
+    assert (copy / "evaluation.json").read_bytes() == (run / "evaluation.json").read_bytes()  # left as it was
 
 
 def test_a_bad_soundfont_stops_training_before_a_run_folder_is_made(tmp_path):
