@@ -585,7 +585,7 @@ def test_generate_without_audio_adds_its_songs_to_the_page_with_no_player(run, t
     assert mg.main(["generate", "--run", str(run), "--songs", "2", "--seed", "3", "--no-audio"]) == 0
     assert not list((run / "generated" / "wav").glob("sample_*"))
     page = (run / "index.html").read_text()
-    assert "<h2>Songs from generate</h2>" in page and "generated/img/sample_song02.png" in page
+    assert "<h2>Songs from generate: 2 songs, seed 3</h2>" in page and "generated/img/sample_song02.png" in page
     assert page.count("<audio") == 7  # the training songs' players only
 
 
