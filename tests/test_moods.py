@@ -27,6 +27,8 @@ from helpers import after_a_draw, static_server, train
 
 SETTINGS = DataSettings()
 OCTAVE = 12
+# The tests on the octave run are slow: its 10 epochs and moods take 45 s, a third of the fast loop's two minutes.
+on_the_octave_run = pytest.mark.slow
 
 
 def song_in_key(key, rng):
@@ -79,6 +81,7 @@ def learned(octave_run):
     return run, json.loads((run / MOODS_FILE).read_text())
 
 
+@on_the_octave_run
 def test_an_octave_up_gives_a_direction_that_moves_songs_up(learned, tmp_path):
     run, report = learned
     valence = report["directions"]["valence"]
@@ -99,6 +102,7 @@ def test_an_octave_up_gives_a_direction_that_moves_songs_up(learned, tmp_path):
     assert pitches["2"] > pitches["-2"] + 3, pitches
 
 
+@on_the_octave_run
 def test_generate_into_the_run_says_which_moods_on_its_page_and_info_file(learned, capsys):
     run, _ = learned
     assert mg.main(["generate", "--run", str(run), "--songs", "3", "--no-audio"]) == 0
@@ -112,6 +116,7 @@ def test_generate_into_the_run_says_which_moods_on_its_page_and_info_file(learne
     assert f"from generate            {said}" in info and "mood direction           valence: moves mean_pitch" in info
 
 
+@on_the_octave_run
 def test_a_direction_that_moved_nothing_is_applied_with_a_note(learned, tmp_path, capsys):
     run, report = learned
     report["directions"]["valence"]["moves"] = []
@@ -123,6 +128,7 @@ def test_a_direction_that_moved_nothing_is_applied_with_a_note(learned, tmp_path
     assert "note: valence moved none of major_share/mean_pitch beyond the bootstrap interval" in capsys.readouterr().out
 
 
+@on_the_octave_run
 def test_directions_learned_before_more_training_are_refused_and_leave_the_sliders(learned, tmp_path, capsys):
     run, report = learned
     copy = tmp_path / "run"
@@ -137,6 +143,7 @@ def test_directions_learned_before_more_training_are_refused_and_leave_the_slide
     assert "cannot read" in capsys.readouterr().err
 
 
+@on_the_octave_run
 def test_mood_mistakes_get_one_line_and_exit_code_2(octave_run, learned, tmp_path, capsys):
     run, labels, _ = octave_run
     folder = labels.parent
@@ -239,6 +246,7 @@ def test_a_direction_points_from_the_minus_to_the_plus_codes_in_their_deviations
     assert steer(np.zeros((1, 2)), {"x": direction}, {"x": 1.5})[0] == pytest.approx([3.0, 0.0])
 
 
+@on_the_octave_run
 def test_the_explore_server_has_a_slider_for_each_mood(learned):
     run, _ = learned
     trained = TrainedRun(run)
