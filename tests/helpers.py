@@ -132,3 +132,23 @@ def static_server(folder):
     finally:
         server.terminate()
         server.wait()
+
+
+def parameters_to_run(request, name):
+    """The values of parameter ``name`` of the tests of ``request``'s module that this session
+    is to run, in their order: what a module fixture starts in the background for them."""
+    return [
+        item.callspec.params[name] for item in request.session.items
+        if item.module is request.module and name in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+
+
+def exit_code_and_error(argv, capsys):
+    """(exit code, stderr) of ``music_generator.main(argv)``, argparse's own mistakes included."""
+    import music_generator as mg
+
+    try:
+        code = mg.main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.strip()

@@ -23,7 +23,7 @@ from music_vae.backend import keras
 from music_vae.music_metrics import onset_scores
 from music_vae.samples import midi_to_samples, midi_to_song, song_to_midi
 from music_vae.songs import decode
-from helpers import after_a_draw, make_samples, roll_picture, train
+from helpers import after_a_draw, exit_code_and_error, make_samples, roll_picture, train
 
 
 def test_slerp_starts_and_ends_at_its_ends_and_keeps_to_the_sphere_between():
@@ -199,11 +199,7 @@ def test_latent_command_mistakes_get_one_line_and_exit_code_2(any_run_and_songs,
     cases.append((["explore", "--run", str(run), "--port", port], f"cannot serve at 127.0.0.1:{port}"))
     cases.append((["explore", "--run", str(tmp_path)], "is not a run folder made by train"))
     for argv, message in cases:
-        try:
-            code = mg.main(argv)
-        except SystemExit as exit:  # argparse's own mistakes
-            code = exit.code
-        error = capsys.readouterr().err.strip()
+        code, error = exit_code_and_error(argv, capsys)
         assert code == 2 and message in error and len(error.splitlines()) == 1, (argv, error)
     busy.close()
 

@@ -27,7 +27,7 @@ from music_vae.run_page import song_groups
 from music_vae.samples import (
     DEFAULT_BPM, LOWEST_PITCH, MEASURE_SIZE, PITCHES, STEPS_PER_MEASURE, SkipFile, midi_to_song, song_to_midi,
 )
-from helpers import REPO, make_samples, run_cli, tensorboard_events, train
+from helpers import REPO, make_samples, parameters_to_run, run_cli, tensorboard_events, train
 
 SONG_SECONDS = 16 * 4 * 60 / DEFAULT_BPM  # 32 s: 16 measures of 4/4 at 120 bpm
 
@@ -603,10 +603,7 @@ def evaluate_mistakes(request, run, tmp_path_factory):
     tests of this module that are to run (their ``mistake``, an index into EVALUATE_MISTAKES),
     two processes at a time: each spends most of its 4.5 s importing TensorFlow on one core of
     the two. Each on a copy, so that each test sees what its own process left."""
-    mistakes = [
-        item.callspec.params["mistake"] for item in request.session.items
-        if item.module is request.module and "mistake" in getattr(getattr(item, "callspec", None), "params", {})
-    ]
+    mistakes = parameters_to_run(request, "mistake")
     pool = ThreadPoolExecutor(max_workers=2)
     started = {}
     for mistake in mistakes:  # the folders made here, in pytest's thread, not in the pool's

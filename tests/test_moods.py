@@ -23,7 +23,7 @@ from music_vae.moods import (
 from music_vae.samples import DataSettings, midi_to_song, song_to_midi
 from music_vae.songs import decode
 from music_vae.trained_run import TrainedRun
-from helpers import after_a_draw, static_server, train
+from helpers import after_a_draw, exit_code_and_error, static_server, train
 
 SETTINGS = DataSettings()
 OCTAVE = 12
@@ -180,11 +180,7 @@ def test_mood_mistakes_get_one_line_and_exit_code_2(octave_run, learned, tmp_pat
         "expected NAME=V",
     ]
     for argv, message in zip(argvs, messages):
-        try:
-            code = mg.main(argv)
-        except SystemExit as exit:  # argparse's own mistakes
-            code = exit.code
-        error = capsys.readouterr().err.strip()
+        code, error = exit_code_and_error(argv, capsys)
         assert code == 2 and message in error and len(error.splitlines()) == 1, (argv, error)
 
 

@@ -19,7 +19,7 @@ from music_vae.samples import DataSettings
 from music_vae.model import VAE, FusedAdam, ModelConfig, build_encoder, build_vae, precision
 from music_vae.peak_speed import training_flops_per_sample
 from music_vae.songs import MIN_THRESHOLD, NoteRule, SongStyle, fixed_noise, save_song, strongest_cells, write_songs
-from helpers import REPO, VGMIDI, make_samples, needs_vgmidi, run_cli, tensorboard_events, train
+from helpers import REPO, VGMIDI, make_samples, needs_vgmidi, parameters_to_run, run_cli, tensorboard_events, train
 
 # Each command-line test of a mistake runs with FluidSynth as installed and, where it is
 # installed, hidden: the note that the songs will sound like sine waves must never come
@@ -453,10 +453,7 @@ def mistakes(request, tmp_path_factory):
     test on, a thread runs these processes one after another, each spending most of its 4.5 s
     importing TensorFlow on one core, while the tests before them train in this process on the
     other."""
-    cases = [
-        item.callspec.params["case"] for item in request.session.items
-        if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})
-    ]
+    cases = parameters_to_run(request, "case")
     pool = ThreadPoolExecutor(max_workers=1)
     started = {}
     for case in cases:  # the folders made here, in pytest's thread, not in the pool's

@@ -17,7 +17,7 @@ from music_vae.dataset import SongFiles
 from music_vae.model import FusedAdam, ModelConfig, build_vae
 from music_vae.peak_speed import peak_flops
 from music_vae.songs import fixed_noise
-from helpers import REPO, SMALL, make_samples, tensorboard_events, train
+from helpers import REPO, SMALL, make_samples, parameters_to_run, tensorboard_events, train
 from memory import growth, resident_per_epoch  # bench/memory.py
 
 tensorflow_only = pytest.mark.skipif(
@@ -144,10 +144,7 @@ def on_every_backend(request, tmp_path_factory):
     a thread. Their processes keep about one core of the two busy (JAX compiles most of its
     60 s, PyTorch trains for 30 s), while the tests before them train in this process on the
     other: the module took 165 s with each backend's processes in its own test."""
-    backends = [
-        item.callspec.params["backend"] for item in request.session.items
-        if item.module is request.module and "backend" in getattr(getattr(item, "callspec", None), "params", {})
-    ]
+    backends = parameters_to_run(request, "backend")
     backends = [backend for backend in backends if importlib.util.find_spec(backend) is not None]
     pool = ThreadPoolExecutor(max_workers=max(len(backends), 1))
     folders = {backend: tmp_path_factory.mktemp(backend) for backend in backends}

@@ -24,7 +24,7 @@ import pytest
 import music_generator as mg
 from music_vae import callbacks, files
 from music_vae.run_folder import RunFolder
-from helpers import REPO, SMALL, make_samples, train
+from helpers import REPO, SMALL, make_samples, parameters_to_run, train
 
 posix = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and Python's SIGINT handling are POSIX's")
 
@@ -70,10 +70,7 @@ def stopped(request, samples, tmp_path_factory):
     processes one after another, while the tests train and resume runs in this process: both
     cores busy, where a test that ran its own process kept one busy at a time (the module took
     300 s so on the 2-core machine, 120 s this way)."""
-    moments = [
-        item.callspec.params["moment"] for item in request.session.items
-        if item.module is request.module and "moment" in getattr(getattr(item, "callspec", None), "params", {})
-    ]
+    moments = parameters_to_run(request, "moment")
     if sys.platform == "win32":
         moments = []  # their tests skip (posix)
     pool = ThreadPoolExecutor(max_workers=1)
