@@ -353,13 +353,14 @@ def song_counts(decoder, rule, latents, lowest_pitch):
     return feature_counts(songs, lowest_pitch)
 
 
-def steering_effect(decoder, rule, base, codes, labels, owners, name, lowest_pitch, seed, boots=BOOTSTRAPS):
-    """How steering along the direction of ``codes`` (windows, latent) labelled ``labels``
-    changes the songs of latent vectors ``base``: {"amount": the far end of AMOUNTS, "change":
-    each feature at +amount minus at -amount, "interval": its bootstrap interval (the
-    direction fitted again on each resampling of the labelled files, the songs the same),
-    "cosine": the median cosine between those directions and the one of all files (1: the
-    files agree on it)}."""
+def steering_effect(decoder, rule, base, whole, steered, codes, labels, owners, lowest_pitch, seed,
+                    boots=BOOTSTRAPS):
+    """How steering along ``whole``, the Direction of ``codes`` (windows, latent) labelled
+    ``labels``, changes the songs of latent vectors ``base``, whose features at each amount
+    are ``steered`` (steered_features): {"amount": the far end of AMOUNTS, "change": each
+    feature at +amount minus at -amount, "interval": its bootstrap interval (the direction
+    fitted again on each resampling of the labelled files, the songs the same), "cosine": the
+    median cosine between those directions and ``whole`` (1: the files agree on it)}."""
     far = max(AMOUNTS)
 
     def change_along(direction):
@@ -367,15 +368,14 @@ def steering_effect(decoder, rule, base, codes, labels, owners, name, lowest_pit
         low = features_of_counts(song_counts(decoder, rule, direction.steer(base, -far), lowest_pitch))
         return difference(high, low)
 
-    whole = Direction.fit(name, codes, labels)
     rng, resampled, cosines = np.random.default_rng(seed), [], []
     for _ in range(boots):
         repeated = np.repeat(np.arange(len(labels)), file_bootstrap(owners, labels, rng))
         if np.any(labels[repeated] == 1) and np.any(labels[repeated] == -1):  # else it has no direction: left out
-            direction = Direction.fit(name, codes[repeated], labels[repeated])
+            direction = Direction.fit(whole.name, codes[repeated], labels[repeated])
             resampled.append(change_along(direction))
             cosines.append(float(direction.unit @ whole.unit))
-    return {"amount": far, "change": change_along(whole), "interval": interval(resampled),
+    return {"amount": far, "change": difference(steered[far], steered[-far]), "interval": interval(resampled),
             "cosine": float(np.median(cosines))}
 
 
@@ -434,8 +434,10 @@ def learn_directions(encoder, decoder, base, rule, files, labels, folder, settin
         window_labels = file_labels[owners]
         direction = Direction.fit(name, codes, window_labels)
         data = data_features(counts, window_labels, owners, seed, boots)
-        effect = steering_effect(decoder, rule, base, codes, window_labels, owners, name, settings.lowest_pitch, seed,
-                                 boots)
+        steered = steered_features(decoder, rule, base, direction, settings.lowest_pitch)
+        effect = steering_effect(
+            decoder, rule, base, direction, steered, codes, window_labels, owners, settings.lowest_pitch, seed, boots
+        )
         sides = (("+1", 1), ("-1", -1))
         report[name] = {
             "unit": direction.unit.tolist(), "deviation": direction.deviation,
@@ -443,8 +445,7 @@ def learn_directions(encoder, decoder, base, rule, files, labels, folder, settin
             "windows": {sign: int(np.sum(window_labels == value)) for sign, value in sides},
             "classifier": classifier_scores(codes, window_labels, owners, seed),
             "data": data,
-            "steered": {str(amount): values for amount, values in steered_features(
-                decoder, rule, base, direction, settings.lowest_pitch).items()},
+            "steered": {str(amount): values for amount, values in steered.items()},
             "effect": effect, "fixed_by_note_rule": list(fixed),
             "moves": moved_features(name, data, effect, fixed),
         }
