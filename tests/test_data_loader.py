@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
@@ -565,6 +566,14 @@ def test_a_shard_folder_refuses_another_shard_and_the_whole_and_resumes_its_own(
 # a change that moves these numbers must say why.
 VGMIDI_SAMPLES = 2177
 VGMIDI_SKIPS = {"too short": 56, "corrupt": 1}
+# The same for the NES Music Database's 4,700 files (../shared/midi/README.md): 22,050 ticks a
+# beat, many control changes, a noise voice on the drum channel.
+NESMDB = Path(os.environ.get("NESMDB_DIR", VGMIDI.parent / "nesmdb"))
+NESMDB_SAMPLES = 2951
+NESMDB_SKIPS = {"too short": 2649, "no notes": 211, "drums only": 13}
+needs_nesmdb = pytest.mark.skipif(
+    not NESMDB.is_dir(), reason=f"the NES MIDI corpus is not at {NESMDB} (CI has ../shared beside the repository)"
+)
 
 
 @needs_vgmidi
@@ -590,6 +599,22 @@ def test_whole_vgmidi_corpus_converts_and_a_resume_adds_nothing(tmp_path):
     assert "Read 0 of 705 MIDI files" in again.stdout and "the other 705 were done by an earlier run" in again.stdout
     assert len(read_csv(tmp_path / "out" / "index.csv")) == VGMIDI_SAMPLES
     assert len(list((tmp_path / "out").glob("*.npy"))) == VGMIDI_SAMPLES
+
+
+@needs_nesmdb
+@pytest.mark.slow
+def test_whole_nesmdb_corpus_converts_with_every_file_accounted_for(tmp_path):
+    result = run_cli(NESMDB, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "Read 4700 of 4700 MIDI files" in result.stdout
+    assert f"{NESMDB_SAMPLES} samples written from 1827 files" in result.stdout
+    index = read_csv(tmp_path / "out" / "index.csv")
+    reasons = [entry["reason"].split(":")[0] for entry in read_csv(tmp_path / "out" / "skipped.csv")]
+    assert len(index) == NESMDB_SAMPLES
+    assert {reason: reasons.count(reason) for reason in set(reasons)} == NESMDB_SKIPS
+    for entry in index[::50]:
+        sample = np.load(tmp_path / "out" / entry["sample"])
+        assert sample.shape == (16, 9216) and sample.sum() == int(entry["n_notes"])
 
 
 @needs_vgmidi
@@ -632,3 +657,18 @@ def test_real_samples_survive_the_round_trip(tmp_path):
             assert np.array_equal(midi_to_samples(tmp_path / "back.mid").samples[0], sample)
             checked += 1
     assert checked == 25  # the samples of the other 9: none was passed over
+
+
+def test_convert_bench_times_every_file_and_profiles_the_slowest():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "convert_speed.py"), str(REPO / "examples" / "midi"), "--repeat", "0",
+         "--slowest", "3"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Each of the 32 files converted alone in this process" in result.stdout
+    row = r"^  (demo\S+\.mid) +\d+ +\d+ +\d+ +([\d.]+) +([\d.]+) +(-?[\d.]+) +([\d.]+)$"  # file KB ... convert ...
+    rows = re.findall(row, result.stdout, re.M)
+    assert len(rows) == 3, result.stdout
+    assert [float(row[1]) for row in rows] == sorted((float(row[1]) for row in rows), reverse=True)
+    assert "together: convert" in result.stdout and "mido/midifiles/midifiles.py" in result.stdout
