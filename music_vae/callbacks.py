@@ -23,14 +23,23 @@ from music_vae.run_page import write_run_page
 from music_vae.songs import fitted_rule, write_songs
 
 
+# Callbacks that act after a training batch say ``async_safe``: then, with JAX (and PyTorch),
+# Keras calls them on its own threads once each step's losses are ready, and fit dispatches the
+# next step at once instead of waiting for every step to end (a callback without it makes fit
+# wait). Those calls may come a little out of order: each takes a lock, and skips a batch older
+# than the last it acted on. TensorFlow calls them in order, as each step ends.
+
+
 class Speedometer(keras.callbacks.Callback):
     """Adds ``samples_per_s`` and ``mfu`` to the logs, so that the progress bar,
     TensorBoard and the info file show them.
 
-    MFU, the model FLOPs utilisation, is the share of the machine's measured peak
-    matrix-product speed that training achieves, as nanoGPT reports it. The first step of
-    a run (which compiles) is not timed.
+    MFU, the model FLOPs utilisation, is the share of the machine's peak matrix-product
+    speed that training achieves, as nanoGPT reports it. Each epoch is timed from the start
+    of its first batch; the first step of a run, which compiles, is not timed.
     """
+
+    async_safe = True
 
     def __init__(self, samples, batch_size, flops_per_sample, peak):
         super().__init__()
@@ -38,31 +47,66 @@ class Speedometer(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.flops_per_sample = flops_per_sample
         self.peak = peak
-        self.last = None
+        self.lock = threading.Lock()
+        self.compiled = False
+        self.started = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.timed_samples, self.timed_seconds = 0, 0.0
+        self.started, self.latest = None, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0 and self.compiled:
+            self.started, self.first = time.perf_counter(), 0
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
-        if self.last is not None:
-            self.timed_samples += min(self.batch_size, self.samples - batch * self.batch_size)
-            self.timed_seconds += now - self.last
-        self.last = now
-        if logs is not None and self.timed_seconds:
-            logs.update(self.speed())
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0 and self.last is not None:  # not the validation and saving between epochs
-            self.last = time.perf_counter()
+        with self.lock:
+            if self.started is None:  # the run's first step: timed from its end
+                self.compiled, self.started, self.first = True, now, batch + 1
+            elif self.latest is None or batch + 1 > self.latest[0]:
+                self.latest = (batch + 1, now)
+            if logs is not None and self.latest:
+                logs.update(self.speed())
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self.timed_seconds:
+        if logs is not None and self.latest:
             logs.update(self.speed())
 
     def speed(self):
-        samples_per_s = self.timed_samples / self.timed_seconds
+        """samples_per_s and mfu of the epoch so far."""
+        done, now = self.latest
+        samples = min(done * self.batch_size, self.samples) - min(self.first * self.batch_size, self.samples)
+        samples_per_s = samples / (now - self.started)
         return {"samples_per_s": samples_per_s, "mfu": samples_per_s * self.flops_per_sample / self.peak}
+
+
+class StepsAhead(keras.callbacks.Callback):
+    """Keep fit at most ``limit`` steps ahead of the last step whose losses are ready: with
+    async-safe callbacks alone, it would dispatch an epoch's steps as fast as it reads
+    batches, each holding its batch in memory until it runs. First among the callbacks, so
+    that it counts a batch before any other can fail on it."""
+
+    async_safe = True
+
+    def __init__(self, limit=8):
+        super().__init__()
+        self.limit = limit
+        self.ready = threading.Condition()
+        self.done = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.done = 0  # the previous epoch's steps have all ended (Keras waits for them)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        with self.ready:
+            # A minute at most: should a callback fail before counting its batch, Keras raises
+            # its error at the next dispatch, which must come.
+            self.ready.wait_for(lambda: batch - self.done < self.limit, timeout=60)
+
+    def on_train_batch_end(self, batch, logs=None):
+        with self.ready:
+            self.done = max(self.done, batch + 1)
+            self.ready.notify_all()
 
 
 class ProgressBar(keras.callbacks.ProgbarLogger):
@@ -70,13 +114,24 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
     ``fit`` before EpochEnd, it ends an epoch's line before EpochEnd says what it saved;
     ``end_line`` ends a line that a stop left unfinished, before the stop is reported."""
 
+    async_safe = True
+
     def __init__(self):
         super().__init__()
         self.line_open = False
+        self.lock = threading.Lock()
+        self.shown = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.shown = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, logs)
-        self.line_open = self.verbose == 1  # a bar drawn over and over on one line, ended at the epoch's end
+        with self.lock:
+            if batch > self.shown:
+                self.shown = batch
+                super().on_train_batch_end(batch, logs)
+                self.line_open = self.verbose == 1  # a bar drawn over and over on one line, ended with the epoch
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -168,8 +223,16 @@ class EpochEnd(keras.callbacks.Callback):
 
 
 class NonFiniteStop(keras.callbacks.Callback):
-    """Stop training after an epoch whose losses are not all finite, as EpochEnd does in the
-    process that writes the run: the other processes of a run must stop with it."""
+    """Stop training at a batch whose loss is not finite, and after an epoch whose losses
+    are not all (as EpochEnd does in the process that writes the run: the other processes
+    of a run must stop with it). Keras' TerminateOnNaN does the first, but makes fit wait
+    for every step (it is not async-safe)."""
+
+    async_safe = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if not all_finite(logs or {}):
@@ -244,7 +307,9 @@ class TensorBoardLog(keras.callbacks.Callback):
     epoch are not a multiple of its ``update_freq`` (tensorflow/tensorboard#4975).
     """
 
-    def __init__(self, log_dir, every, first_batch=0):
+    async_safe = True
+
+    def __init__(self, log_dir, every):
         super().__init__()
         import tensorflow as tf
 
@@ -254,10 +319,10 @@ class TensorBoardLog(keras.callbacks.Callback):
         }
         self.log_dir = Path(log_dir)
         self.every = every
-        self.batch = first_batch
+        self.lock = threading.Lock()
 
     @staticmethod
-    def create(log_dir, every, first_batch=0):
+    def create(log_dir, every):
         """The logger, or None (with a note) where TensorFlow or TensorBoard is missing:
         the event files are written through tf.summary, whatever Keras' backend."""
         try:
@@ -267,17 +332,20 @@ class TensorBoardLog(keras.callbacks.Callback):
         except ImportError:
             print("note: no TensorBoard logs: they need the tensorflow and tensorboard packages", file=sys.stderr)
             return None
-        return TensorBoardLog(log_dir, every, first_batch)
+        return TensorBoardLog(log_dir, every)
 
     def _scalars(self, writer, prefix, logs, step):
-        with self.writers[writer].as_default():
+        with self.lock, self.writers[writer].as_default():
             for name, value in logs.items():
                 self.summary.scalar(f"{prefix}_{name}", float(value), step=step)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
-        self.batch += 1
-        if self.batch % self.every == 0 and logs:
-            self._scalars("train", "batch", logs, self.batch)
+        step = self.epoch * self.params["steps"] + batch + 1  # batches since the run began
+        if step % self.every == 0 and logs:
+            self._scalars("train", "batch", logs, step)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {**(logs or {}), "learning_rate": ops.convert_to_numpy(self.model.optimizer.learning_rate)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from music_vae.backend import keras
+from music_vae.backend import keras, ops
 from music_vae.files import UsageError
 from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings
 
@@ -31,11 +31,16 @@ class SongFiles(keras.utils.PyDataset):
     """Batches of samples as uint8, one batch at a time.
 
     From ``.npy`` files read as each batch is needed, so that memory stays flat whatever
-    the number of files: (batch, measures, 9216) of 0/1. Or, with ``cache``, from RAM,
-    where every sample is kept bit-packed (18 KB for (16, 9216)): (batch, measures,
-    1152), which the VAE unpacks on its own device. Either way a batch travels as a
-    quarter (or a 32nd) of float32's bytes, and worker threads prepare the next batches
-    while a step runs.
+    the number of files: (batch, measures, 9216) of 0/1. Or, with ``cache``, from a bank in
+    RAM where every measure is kept bit-packed (18 KB a (16, 9216) sample): (batch,
+    measures, 1152), which the VAE unpacks on its own device. Either way a batch travels as
+    a quarter (or a 32nd) of float32's bytes, and worker threads prepare the next batches
+    while a step runs. With ``cache`` and ``on_device``, the bank itself is moved to the
+    model's device once, and a batch is only the rows of it that make its songs and how far
+    each moves, with the bank: (rows, moves, bank), which the VAE gathers and unpacks
+    inside its compiled step (see VAE.unpacked): a few kilobytes cross to the device a
+    step, and the threads that prepare them hardly hold Python's lock, which the step's
+    dispatch needs.
 
     With ``shuffle``, the order changes every epoch, the same way for the same ``seed``
     and epoch (so that a resumed run sees the batches it would have seen): ``fit`` sets
@@ -59,7 +64,7 @@ class SongFiles(keras.utils.PyDataset):
 
     def __init__(
         self, paths, batch_size, shape, shuffle=False, seed=SEED, cache=False, transpose=0, following=None,
-        devices=1, processes=(1, 0),
+        devices=1, processes=(1, 0), on_device=False,
     ):
         super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
         self.paths = list(paths)
@@ -73,14 +78,28 @@ class SongFiles(keras.utils.PyDataset):
         self.processes = processes
         self.epoch = 0
         self.unreadable = set()
-        self.packed = self._read_all() if cache else None
+        self.bank = self.ranges = self.device_bank = None
+        if cache:
+            self.bank, self.ranges = self._bank(range(len(self.paths)), packed=True)
+            if on_device:
+                self.device_bank, self.bank = ops.convert_to_tensor(self.bank), None
         self.order = self._order()
 
-    def _read_all(self):
-        packed = np.empty((len(self.paths), *self.shape[:-1], self.shape[-1] // 8), np.uint8)
-        for index, path in enumerate(tqdm(self.paths, desc="caching samples", unit="sample", disable=None)):
-            packed[index] = np.packbits(self._load(path), axis=-1)
-        return packed
+    def _bank(self, samples, packed=False):
+        """The measures of ``samples`` (indices of paths), one row each and sample after
+        sample, then one empty measure: (len(samples) * measures + 1, 9216) uint8 0/1, or
+        bit-packed, (..., 1152); and each row's lowest and highest pitch (96 and -1 where
+        it has no note), (rows, 2) int16."""
+        measures, width = self.shape[0], self.shape[-1] // 8 if packed else self.shape[-1]
+        bank = np.zeros((len(samples) * measures + 1, width), np.uint8)
+        ranges = np.tile(np.array([PITCHES, -1], np.int16), (len(bank), 1))
+        quiet = None if packed else True  # a bar while caching, none for a batch read from disk
+        for number, index in enumerate(tqdm(samples, desc="caching samples", unit="sample", disable=quiet)):
+            song = self._load(self.paths[index])
+            rows = slice(number * measures, (number + 1) * measures)
+            bank[rows] = np.packbits(song, axis=-1) if packed else song
+            ranges[rows] = pitch_ranges(song)
+        return bank, ranges
 
     def _order(self):
         if not self.shuffle:
@@ -92,30 +111,37 @@ class SongFiles(keras.utils.PyDataset):
         return full + (rest >= self.devices)
 
     def __getitem__(self, index):
-        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        # Every song's draws are made for the whole batch, in its order, so that a song's
-        # are the same however many devices and processes share the batch.
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        starts = rng.integers(self.shape[0], size=len(batch)) if self.following is not None else [0] * len(batch)
-        shifts = rng.random(len(batch)) if self.transpose else [0.0] * len(batch)
-        batch = batch[: len(batch) - len(batch) % self.devices]
-        count, process = self.processes
-        share = len(batch) // count
-        places = range(process * share, (process + 1) * share)
-        return np.stack([self._song(batch[place], starts[place], shifts[place]) for place in places])
+        samples, starts, shifts = self._draws(index)
+        after = np.full(len(samples), -1)
+        if self.following is not None:
+            after = np.where(starts > 0, self.following[samples], -1)
+        bank, ranges = self.bank, self.ranges
+        if self.bank is None and self.device_bank is None:  # from disk: the batch's samples, and those they run on into
+            needed = np.unique(np.concatenate([samples, after[after >= 0]]))
+            bank, ranges = self._bank(needed)
+            samples, after = np.searchsorted(needed, samples), np.where(after >= 0, np.searchsorted(needed, after), -1)
+        rows = measure_rows(samples, after, starts, self.shape[0])
+        moves = transposition(ranges[rows], self.transpose, shifts)
+        if self.device_bank is not None:
+            # One input, a tuple; the rows first: Keras weighs a batch's loss by the first one's length.
+            return ((rows.astype(np.int32), moves.astype(np.int32), self.device_bank),)
+        return gathered(bank, rows, moves)
 
-    def _song(self, index, start=0, shift=0.0):
-        """Sample ``index`` (bit-packed where cached), from its measure ``start`` on, running
-        on into the sample that follows it (where one does), and transposed by the share
-        ``shift`` (0 to 1) of the range it can move (see transposed)."""
-        song = self.packed[index] if self.packed is not None else self._load(self.paths[index])
-        after = self.following[index] if start else -1
-        if after >= 0:
-            then = self.packed[after] if self.packed is not None else self._load(self.paths[after])
-            song = np.concatenate([song[start:], then[:start]])
-        if self.transpose:
-            song = transposed(song, self.transpose, shift)
-        return song
+    def _draws(self, index):
+        """The samples of batch ``index`` that this process serves (indices of paths), and
+        each one's first measure and share of its transposition range (see transposition).
+        Every song's draws are made for the whole batch, in its order, so that a song's are
+        the same however many devices and processes share the batch."""
+        batch = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        starts = np.zeros(len(batch), int)
+        if self.following is not None:
+            starts = rng.integers(self.shape[0], size=len(batch))
+        shifts = rng.random(len(batch)) if self.transpose else np.zeros(len(batch))
+        count, process = self.processes
+        share = (len(batch) - len(batch) % self.devices) // count
+        places = slice(process * share, (process + 1) * share)
+        return batch[places], starts[places], shifts[places]
 
     def _load(self, path):
         """A sample as uint8 0/1: any non-zero value is an onset."""
@@ -150,18 +176,63 @@ def load_in_thread(path, attempts=5):
                 raise
 
 
+def pitch_ranges(song):
+    """The lowest and highest pitch of each measure of ``song`` (measures, 96 pitch rows of
+    cells or of bit-packed bytes): (measures, 2) int16; 96 and -1 for a measure without a
+    note."""
+    occupied = song.reshape(len(song), PITCHES, -1).any(axis=2)
+    noted = occupied.any(axis=1)
+    lowest = np.where(noted, occupied.argmax(axis=1), PITCHES)
+    highest = np.where(noted, PITCHES - 1 - occupied[:, ::-1].argmax(axis=1), -1)
+    return np.stack([lowest, highest], axis=1).astype(np.int16)
+
+
+def measure_rows(samples, after, starts, measures):
+    """The rows of a bank (see SongFiles._bank) that make each song: (songs, measures). Song
+    i is sample ``samples[i]`` from its measure ``starts[i]`` on, running on into sample
+    ``after[i]``; where that is -1, the sample as it is."""
+    own = starts[:, None] + np.arange(measures)
+    runs_on = (after >= 0)[:, None]
+    rows = samples[:, None] * measures + np.where(runs_on, own, np.arange(measures))
+    return np.where(runs_on & (own >= measures), after[:, None] * measures + own - measures, rows)
+
+
+def transposition(ranges, semitones, shifts):
+    """The semitones each song moves: (songs,) int, of the moves up to ``semitones`` up or
+    down that keep its notes inside the pitch window, the one at ``shifts`` (songs,), from
+    0 to 1, along them; 0 for a song without a note. ``ranges``: (songs, measures, 2), each
+    measure's lowest and highest pitch (see pitch_ranges)."""
+    lowest, highest = ranges[..., 0].min(axis=-1).astype(int), ranges[..., 1].max(axis=-1).astype(int)
+    down, up = np.maximum(-semitones, -lowest), np.minimum(semitones, PITCHES - 1 - highest)
+    moves = down + np.minimum((shifts * (up - down + 1)).astype(int), up - down)
+    return np.where(highest >= 0, moves, 0)
+
+
+def gathered(bank, rows, moves):
+    """The songs made of ``rows`` (songs, measures) of ``bank`` (measures, 96 pitch rows of
+    cells or of bit-packed bytes), each moved up ``moves`` (songs,) semitones: (songs,
+    measures, bank's width). The pitch rows moved past the window are empty."""
+    songs = bank[rows]
+    if not moves.any():
+        return songs
+    grid = songs.reshape(*rows.shape, PITCHES, -1)
+    moved = np.zeros_like(grid)
+    for move in np.unique(moves):  # a dozen values at most: the songs that move alike, at once
+        alike = moves == move
+        if move >= 0:
+            moved[alike, :, move:] = grid[alike, :, : PITCHES - move]
+        else:
+            moved[alike, :, :move] = grid[alike, :, -move:]
+    return moved.reshape(songs.shape)
+
+
 def transposed(song, semitones, shift):
     """``song`` (measures, 9216 cells, or 1152 bit-packed bytes) moved by one of the numbers
     of semitones, up to ``semitones`` up or down, that keep its notes inside the pitch
-    window: the one at ``shift`` (from 0 to 1, drawn at random) along them."""
-    measures, width = song.shape
-    rows = song.reshape(measures, PITCHES, width // PITCHES)  # a pitch row: 96 steps, or their 12 bytes
-    pitches = np.flatnonzero(rows.any(axis=(0, 2)))
-    if not len(pitches):
-        return song
-    lowest, highest = max(-semitones, -pitches[0]), min(semitones, PITCHES - 1 - pitches[-1])
-    moved = lowest + min(int(shift * (highest - lowest + 1)), highest - lowest)
-    return np.roll(rows, moved, axis=1).reshape(song.shape)  # nothing wraps round: the rows rolled over are empty
+    window: the one at ``shift`` (from 0 to 1, drawn at random) along them, as SongFiles
+    moves the songs of a batch."""
+    move = transposition(pitch_ranges(song)[None], semitones, np.array([shift]))
+    return gathered(song, np.arange(len(song))[None], move)[0]
 
 
 class EpochOrder(keras.callbacks.Callback):

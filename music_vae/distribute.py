@@ -122,6 +122,20 @@ class Devices:
             vae.replicas = self.strategy.num_replicas_in_sync
             getattr(vae.optimizer, "inner_optimizer", vae.optimizer).fuse = False
 
+    def holds(self, size):
+        """Whether ``size`` bytes fit on the one device a run trains on, beside the model and
+        its steps: in a quarter of its memory, where the backend says how much it has (JAX on
+        a GPU); a CPU's is the machine's, which the caller checks. False for a run spread
+        over several devices, where each would need its own copy."""
+        if self.count > 1 or self.processes.count > 1:
+            return False
+        memory = None
+        if keras.backend.backend() == "jax":
+            import jax
+
+            memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+        return memory is None or size <= memory // 4
+
     def summary(self):
         """What a run's state records of its devices."""
         return {"names": self.names, "processes": self.processes.count}

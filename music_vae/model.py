@@ -278,8 +278,11 @@ class VAE(keras.Model):
         return self.decoder(z, training=training), z_mean, z_log_var
 
     def unpacked(self, songs):
-        """Songs as (batch, measures, 9216); bit-packed ones, (batch, measures, 1152) uint8
-        as np.packbits makes them, are unpacked here, on the model's device."""
+        """Songs as (batch, measures, 9216). Bit-packed ones, (batch, measures, 1152) uint8
+        as np.packbits makes them, are unpacked here, on the model's device; so are the
+        songs of a bank kept there, (rows, moves, bank) (see gathered_songs)."""
+        if isinstance(songs, (tuple, list)):
+            songs = gathered_songs(songs[2], songs[0], songs[1])
         size = self.encoder.input.shape[-1]
         if songs.shape[-1] != size // 8:
             return songs
@@ -324,6 +327,27 @@ class VAE(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
         return cls(**config)
+
+
+def gathered_songs(bank, rows, moves):
+    """The songs of a batch, gathered from a bank of bit-packed measures on the model's
+    device, as SongFiles(on_device=True) serves them: ``bank`` (measures in all + 1, 1152)
+    uint8, its last row empty; ``rows`` (batch, measures) int32, the rows that make each
+    song; ``moves`` (batch,) int32, the semitones each song moves up. Returns (batch,
+    measures, 1152) uint8, what dataset.gathered makes of the same on the host.
+
+    Every pitch row of 12 bytes is gathered from where its pitch was before the move; one
+    from outside the window is taken from the empty measure.
+    """
+    bank, rows, moves = (ops.convert_to_tensor(x) for x in (bank, rows, moves))
+    pitch_bytes = bank.shape[-1] // PITCHES
+    sources = ops.arange(PITCHES, dtype="int32")[None, :] - moves[:, None]  # (batch, 96)
+    inside = ops.logical_and(sources >= 0, sources < PITCHES)
+    ids = rows[:, :, None] * PITCHES + sources[:, None, :]
+    empty = (ops.shape(bank)[0] - 1) * PITCHES
+    ids = ops.where(inside[:, None, :], ids, empty)
+    pitch_rows = ops.take(ops.reshape(bank, (-1, pitch_bytes)), ids, axis=0)  # (batch, measures, 96, 12)
+    return ops.reshape(pitch_rows, (-1, rows.shape[1], bank.shape[-1]))
 
 
 def build_vae(config=ModelConfig(), note_density=None):

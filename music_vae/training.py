@@ -15,7 +15,9 @@ import sys
 
 from music_vae.audio import note_sine_waves, song_synthesizer
 from music_vae.backend import keras
-from music_vae.callbacks import CtrlC, EpochEnd, KLSchedule, NonFiniteStop, ProgressBar, Speedometer, TensorBoardLog
+from music_vae.callbacks import (
+    CtrlC, EpochEnd, KLSchedule, NonFiniteStop, ProgressBar, Speedometer, StepsAhead, TensorBoardLog,
+)
 from music_vae.config import TrainConfig
 from music_vae.dataset import EpochOrder, SongFiles, cache_fits, following_samples, read_data, read_sample, subset
 from music_vae.distribute import LocalCopy, Processes, choose_devices, undistributed
@@ -89,7 +91,10 @@ def train(given, resume=None):
                 "parameters": vae.count_params(), "encoder": vae.encoder.count_params(),
                 "decoder": vae.decoder.count_params(),
             },
-            speed={"jit": jit, "cache": cache, "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9},
+            speed={
+                "jit": jit, "cache": cache, "cache_on_device": training.device_bank is not None,
+                "gflop_per_sample": flops / 1e9, "peak_gflop_per_s": peak / 1e9,
+            },
             devices=devices.summary(),
             environment=environment(),
             audio=str(synthesizer) if synthesizer else "none (--no-audio)",
@@ -100,8 +105,7 @@ def train(given, resume=None):
 
         rule = NoteRule.of_run(config, data.mean_notes)
         style = SongStyle(rule, config.bpm, data.settings.lowest_pitch, synthesizer)
-        first_batch = state["epochs_done"] * len(training)
-        tensorboard = TensorBoardLog.create(run.logs, config.log_every, first_batch=first_batch)
+        tensorboard = TensorBoardLog.create(run.logs, config.log_every)
         models = LocalCopy(vae, processes)
         epoch_end = EpochEnd(
             run, state, fixed_noise(config.songs_per_epoch, config.latent, config.seed), style, tensorboard,
@@ -111,7 +115,7 @@ def train(given, resume=None):
         speedometer = Speedometer(len(data.training), config.batch_size, flops, peak * devices.count)
         progress = ProgressBar()  # after the Speedometer, whose figures it shows; before EpochEnd, which speaks
         callbacks = [
-            EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, speedometer, progress, tensorboard,
+            StepsAhead(), EpochOrder(training), NonFiniteStop(), kl_schedule, speedometer, progress, tensorboard,
             epoch_end,
         ]
         if state["epochs_done"] < config.epochs:
@@ -194,6 +198,10 @@ def song_batches(config, data, cache, devices):
     following = None
     if config.random_start:
         following = following_samples(data.training, data.folder, data.settings.measures)
+    # With JAX on one device, the cached samples live on it and each step gathers its own batch
+    # there (see SongFiles); TensorFlow's reader would copy the whole cache every step.
+    cached_bytes = (len(data.training) + len(data.validation)) * math.prod(data.settings.shape) // 8
+    batches["on_device"] = cache and keras.backend.backend() == "jax" and devices.holds(cached_bytes)
     training = SongFiles(
         data.training, shuffle=True, seed=config.seed, transpose=config.transpose, following=following, **batches
     )
@@ -213,7 +221,7 @@ def rebuilt_songs(data, seed):
 def train_along(vae, training, validation, config, first_epoch, kl_schedule):
     """Train as a process other than the first: the same steps, with nothing written or
     said. Returns the exit code."""
-    callbacks = [EpochOrder(training), keras.callbacks.TerminateOnNaN(), kl_schedule, NonFiniteStop()]
+    callbacks = [StepsAhead(), EpochOrder(training), NonFiniteStop(), kl_schedule]
     if first_epoch < config.epochs:
         vae.fit(
             training, validation_data=validation, epochs=config.epochs, initial_epoch=first_epoch, shuffle=False,

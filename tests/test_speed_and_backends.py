@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import music_generator as mg
+from music_vae.callbacks import Speedometer, StepsAhead
 from music_vae.dataset import SongFiles
 from music_vae.model import FusedAdam, ModelConfig, build_vae
 from music_vae.peak_speed import peak_flops
@@ -45,7 +48,7 @@ def test_cached_batches_are_packed_and_unpack_to_the_batches_read_from_disk(tmp_
     paths = sorted(make_samples(tmp_path / "samples", 10).glob("*.npy"))
     disk = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1)
     cache = SongFiles(paths, 4, (16, 9216), shuffle=True, seed=1, cache=True)
-    assert cache.packed.nbytes == 10 * 16 * 9216 // 8  # 18 KB a sample
+    assert cache.bank.nbytes == (10 * 16 + 1) * 9216 // 8  # 18 KB a sample, and one empty measure
     vae = build_vae(ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3))
     for index in range(len(disk)):
         assert cache[index].shape[-1] == 1152 and cache[index].dtype == np.uint8
@@ -159,3 +162,128 @@ def test_training_generation_and_loading_work_on_every_backend(on_every_backend,
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install -r requirements-test.txt installs it)")
     on_every_backend[backend].result()  # its checks fail here
+
+
+# --- feeding the device --------------------------------------------------------------------------
+
+
+def song_moved_alone(samples, index, after, start, semitones, shift):
+    """Song ``index`` of ``samples`` (songs, 16, 9216), from measure ``start`` on into sample
+    ``after``, moved as far up or down as its notes allow: one song at a time, with np.roll,
+    as SongFiles made its batches before it made them all at once."""
+    song = samples[index]
+    if start and after >= 0:
+        song = np.concatenate([song[start:], samples[after][:start]])
+    rows = song.reshape(16, 96, 96)
+    pitches = np.flatnonzero(rows.any(axis=(0, 2)))
+    if semitones and len(pitches):
+        lowest, highest = max(-semitones, -pitches[0]), min(semitones, 95 - pitches[-1])
+        moved = lowest + min(int(shift * (highest - lowest + 1)), highest - lowest)
+        song = np.roll(rows, moved, axis=1).reshape(16, 9216)
+    return song
+
+
+def test_batches_made_at_once_are_the_songs_made_one_at_a_time(tmp_path):
+    """The order a resumed run depends on: every song of every batch as the per-song code
+    made it, from disk and from the cache, over devices and processes."""
+    rng = np.random.default_rng(0)
+    samples = (rng.random((14, 16, 9216)) < 0.003).astype(np.uint8)
+    samples.reshape(14, 16, 96, 96)[:, :, :30] = 0  # room to move down as far as up...
+    samples.reshape(14, 16, 96, 96)[3, :, 90, 0] = 1  # ...but for one near the top
+    samples[5] = 0  # and one silent
+    paths = []
+    for number, sample in enumerate(samples):
+        paths.append(tmp_path / f"sample{number:02d}.npy")
+        np.save(paths[-1], sample)
+    following = [number + 1 if number % 3 != 2 and number < 13 else -1 for number in range(14)]
+    for cache in (False, True):
+        for devices, processes in ((1, (1, 0)), (2, (2, 1))):
+            songs = SongFiles(
+                paths, 5, (16, 9216), shuffle=True, seed=2, cache=cache, transpose=6, following=following,
+                devices=devices, processes=processes,
+            )
+            for epoch in (0, 1):
+                songs.start_epoch(epoch)
+                for index in range(len(songs)):
+                    order = songs.order[index * 5 : (index + 1) * 5]
+                    draws = np.random.default_rng([2, epoch, index])
+                    starts, shifts = draws.integers(16, size=len(order)), draws.random(len(order))
+                    share = (len(order) - len(order) % devices) // processes[0]
+                    places = range(processes[1] * share, (processes[1] + 1) * share)
+                    expected = [
+                        song_moved_alone(samples, order[p], following[order[p]], starts[p], 6, shifts[p])
+                        for p in places
+                    ]
+                    batch = songs[index]
+                    if cache:
+                        batch = np.unpackbits(batch, axis=-1)
+                    np.testing.assert_array_equal(batch, np.stack(expected), err_msg=f"{cache} {epoch} {index}")
+
+
+def test_a_bank_on_the_device_gives_the_batches_of_the_bank_in_memory(tmp_path):
+    paths = sorted(make_samples(tmp_path / "samples", 10).glob("*.npy"))
+    following = [number + 1 if number % 2 == 0 else -1 for number in range(10)]
+    options = dict(shuffle=True, seed=1, cache=True, transpose=12, following=following)
+    memory = SongFiles(paths, 4, (16, 9216), **options)
+    device = SongFiles(paths, 4, (16, 9216), on_device=True, **options)
+    assert device.bank is None  # the one copy is the device's
+    vae = build_vae(ModelConfig(measure_hidden=8, measure_features=2, song_hidden=4, latent=3))
+    moved = 0
+    for epoch in (0, 1):
+        memory.start_epoch(epoch)
+        device.start_epoch(epoch)
+        for index in range(len(memory)):
+            (rows, moves, bank), = device[index]
+            assert rows.shape == (len(memory[index]), 16)  # first: Keras weighs a batch's loss by its length
+            gathered = keras.ops.convert_to_numpy(vae.unpacked((rows, moves, bank)))
+            np.testing.assert_array_equal(gathered, np.unpackbits(memory[index], axis=-1))
+            moved += np.count_nonzero(moves)
+    assert moved  # the songs moved: the test can tell a move from none
+
+
+def test_no_callback_of_a_run_makes_fit_wait_for_every_step(tmp_path, monkeypatch):
+    """With JAX, fit dispatches the next step while one runs only where every callback that
+    acts after a batch says it is async-safe (Keras' CallbackList): the callbacks of a run,
+    as train() gives them to fit, must."""
+    given = []
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        given.extend(callbacks)
+        return real_fit(self, *args, callbacks=callbacks, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    code, _ = train(tmp_path, "--songs", "0", "--songs-per-epoch", "0", "--no-audio", epochs=1)
+    assert code == 0 and len(given) >= 6
+    base = keras.callbacks.Callback
+    for callback in given:
+        acts_after_a_batch = any(
+            getattr(type(callback), hook) is not getattr(base, hook) for hook in ("on_train_batch_end", "on_batch_end")
+        )
+        assert getattr(callback, "async_safe", False) or not acts_after_a_batch, type(callback).__name__
+
+
+def test_callbacks_called_out_of_order_from_threads_count_each_batch_once():
+    """Keras calls async-safe callbacks on its own threads, in roughly the order of the steps:
+    a late call for an older batch changes nothing, and fit waits, before dispatching a step,
+    for the step StepsAhead.limit before it."""
+    speed = Speedometer(samples=100, batch_size=10, flops_per_sample=1.0, peak=1.0)
+    speed.on_epoch_begin(0)
+    speed.on_train_batch_end(0, {})  # the first, compiling step: the clock starts at its end
+    logs = [{} for _ in range(5)]
+    for batch in (1, 3, 4, 2):  # 2 last
+        speed.on_train_batch_end(batch, logs[batch])
+    assert speed.latest[0] == 5 and min(logs[4]["samples_per_s"], logs[2]["samples_per_s"]) > 0
+    assert speed.speed()["samples_per_s"] == pytest.approx(40 / (speed.latest[1] - speed.started))
+
+    ahead = StepsAhead(limit=2)
+    ahead.on_epoch_begin(0)
+    ahead.on_train_batch_begin(0)
+    ahead.on_train_batch_begin(1)  # one step running: the next may be dispatched
+    ended = []
+    timer = threading.Timer(0.3, lambda: (ended.append(time.perf_counter()), ahead.on_train_batch_end(0)))
+    timer.start()
+    ahead.on_train_batch_begin(2)  # two running: waits for the first to end
+    began = time.perf_counter()
+    timer.join()
+    assert ended and began >= ended[0]
