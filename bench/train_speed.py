@@ -118,6 +118,22 @@ def fit_speed(vae, paths, batch_size, cache, seconds):
     return batch_size / timer.seconds_per_step()
 
 
+def step_parts(vae, paths, batch_size, seconds):
+    """Milliseconds of one training step at ``batch_size`` and of its parts, each timed
+    alone as the fastest of repeats: the whole step (``train_on_batch``), the forward pass
+    and the loss (``test_on_batch``), and Adam's update of every weight from a gradient
+    (the optimizer's ``apply``); the rest of the step is the backward pass."""
+    batch = SongFiles(paths, batch_size, SHAPE, cache=True)[0]
+    gradients = [ops.zeros_like(variable) for variable in vae.trainable_variables]
+    return {
+        "step_ms": 1000 * fastest(lambda: vae.train_on_batch(batch), seconds),
+        "forward_ms": 1000 * fastest(lambda: vae.test_on_batch(batch), seconds),
+        "adam_ms": 1000 * fastest(
+            lambda: ops.convert_to_numpy(vae.optimizer.apply(gradients, vae.trainable_variables) or 0), seconds
+        ),
+    }
+
+
 def build(precision):
     keras.mixed_precision.set_global_policy(PRECISIONS[precision])
     vae = build_vae(ModelConfig(), note_density=NOTES_PER_SAMPLE / math.prod(SHAPE))  # the paper's
@@ -150,7 +166,7 @@ def main():
         for precision in precisions:
             vae, jit = build(precision)
             dtype = keras.mixed_precision.global_policy().compute_dtype
-            peak = peak_flops(dtype, seconds=2)
+            peak = peak_flops(dtype, seconds=3, rows=[MEASURES_PER_SAMPLE * size for size in batch_sizes])
             flops = training_flops_per_sample(vae)
             for batch_size in batch_sizes:
                 row = {"precision": precision, "batch_size": batch_size, "jit": jit, "peak_gflop_per_s": peak / 1e9}
@@ -158,6 +174,8 @@ def main():
                 row["cache"] = fit_speed(vae, paths, batch_size, cache=True, seconds=args.seconds)
                 row["disk"] = fit_speed(vae, paths, batch_size, cache=False, seconds=args.seconds)
                 row["mfu_cache"] = row["cache"] * flops / peak
+                row.update(step_parts(vae, paths, batch_size, args.seconds / 5))
+                row["products_ms"] = 1000 * batch_size / row["ceiling"]
                 results["rows"].append(row)
                 print(
                     f"  measured {precision} batch {batch_size}: {row['cache']:.1f} samples/s from cache, "
@@ -200,6 +218,20 @@ def main():
             f"| {row['precision']} | {row['batch_size']} | {'yes' if row['jit'] else 'no'} | {row['ceiling']:.1f} | "
             f"{row['cache']:.1f} | {row['disk']:.1f} | {row['cache'] / row['ceiling']:.2f} | {row['mfu_cache']:.2f} | "
             f"{row['peak_gflop_per_s']:,.0f} |"
+        )
+    print(
+        "\nWhere a step's time goes, each part timed alone (ms): the products are the ceiling's; Adam updates "
+        f"{parameters:,} weights; the rest of the forward pass and the loss, and of the backward pass, is "
+        "element-wise work over every cell of the batch (unpacking, activations, the loss and its gradient, casts)\n"
+    )
+    print("| precision | batch | step | products | Adam | forward and loss | backward | not products |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in results["rows"]:
+        backward = row["step_ms"] - row["forward_ms"] - row["adam_ms"]
+        print(
+            f"| {row['precision']} | {row['batch_size']} | {row['step_ms']:.1f} | {row['products_ms']:.1f} | "
+            f"{row['adam_ms']:.1f} | {row['forward_ms']:.1f} | {backward:.1f} | "
+            f"{(row['step_ms'] - row['products_ms']) / row['step_ms']:.0%} |"
         )
     print()
     for key, value in ratios.items():

@@ -78,7 +78,8 @@ def train(given, resume=None):
         kl_schedule = KLSchedule(config.kl_warmup, config.kl_cycle) if config.kl_warmup or config.kl_cycle else None
         if not processes.writes:
             return train_along(vae, training, validation, config, state["epochs_done"] if state else 0, kl_schedule)
-        flops, peak = training_flops_per_sample(vae), peak_flops(keras.mixed_precision.global_policy().compute_dtype)
+        dtype, rows = keras.mixed_precision.global_policy().compute_dtype, config.batch_size * data.settings.measures
+        flops, peak = training_flops_per_sample(vae), peak_flops(dtype, rows=[rows])
 
         if run is None:  # made only now, so that a stop while the model and the data get ready leaves no folder
             run = RunFolder.create(config.output_dir, config.run_name)
