@@ -341,7 +341,7 @@ def gathered_songs(bank, rows, moves):
     """
     bank, rows, moves = (ops.convert_to_tensor(x) for x in (bank, rows, moves))
     pitch_bytes = bank.shape[-1] // PITCHES
-    sources = ops.arange(PITCHES, dtype="int32")[None, :] + moves[:, None]  # (batch, 96)
+    sources = ops.arange(PITCHES, dtype="int32")[None, :] - moves[:, None]  # (batch, 96)
     inside = ops.logical_and(sources >= 0, sources < PITCHES)
     ids = rows[:, :, None] * PITCHES + sources[:, None, :]
     empty = (ops.shape(bank)[0] - 1) * PITCHES
