@@ -117,6 +117,7 @@ def samples_per_s(count, paths, batch_size, seconds):
     fit_before = timed_fit(vae, before, [EpochOrder(before), keras.callbacks.TerminateOnNaN()], seconds)
     # The step alone, on one batch held in memory: what fit would do if feeding it cost nothing.
     batch = files[0]
+    batch = batch[0] if isinstance(batch, tuple) else batch  # one input, (rows, moves, bank), from the device's cache
     step = fastest(lambda: vae.train_on_batch(batch), seconds / 3)
     host = {
         name: 1000 * fastest(lambda: [songs[index] for index in range(min(len(songs), 4))], 1) / min(len(songs), 4)
