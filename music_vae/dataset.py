@@ -116,7 +116,7 @@ class SongFiles(keras.utils.PyDataset):
         if self.following is not None:
             after = np.where(starts > 0, self.following[samples], -1)
         bank, ranges = self.bank, self.ranges
-        if self.bank is None and self.device_bank is None:  # from disk: the batch's samples, and those they run on into
+        if ranges is None:  # from disk: the batch's samples, and those they run on into
             needed = np.unique(np.concatenate([samples, after[after >= 0]]))
             bank, ranges = self._bank(needed)
             samples, after = np.searchsorted(needed, samples), np.where(after >= 0, np.searchsorted(needed, after), -1)
@@ -224,15 +224,6 @@ def gathered(bank, rows, moves):
         else:
             moved[alike, :, :move] = grid[alike, :, -move:]
     return moved.reshape(songs.shape)
-
-
-def transposed(song, semitones, shift):
-    """``song`` (measures, 9216 cells, or 1152 bit-packed bytes) moved by one of the numbers
-    of semitones, up to ``semitones`` up or down, that keep its notes inside the pitch
-    window: the one at ``shift`` (from 0 to 1, drawn at random) along them, as SongFiles
-    moves the songs of a batch."""
-    move = transposition(pitch_ranges(song)[None], semitones, np.array([shift]))
-    return gathered(song, np.arange(len(song))[None], move)[0]
 
 
 class EpochOrder(keras.callbacks.Callback):

@@ -282,7 +282,8 @@ class VAE(keras.Model):
         as np.packbits makes them, are unpacked here, on the model's device; so are the
         songs of a bank kept there, (rows, moves, bank) (see gathered_songs)."""
         if isinstance(songs, (tuple, list)):
-            songs = gathered_songs(songs[2], songs[0], songs[1])
+            rows, moves, bank = songs
+            songs = gathered_songs(bank, rows, moves)
         size = self.encoder.input.shape[-1]
         if songs.shape[-1] != size // 8:
             return songs

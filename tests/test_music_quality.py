@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import music_generator as mg
-from music_vae.dataset import SongFiles, following_samples, transposed
+from music_vae.dataset import SongFiles, following_samples, gathered, pitch_ranges, transposition
 from music_vae.latent import DENSITY_FILE, LatentDensity, encode
 from music_vae.model import ModelConfig, PitchStepLogits, PitchStepProfiles, build_vae, kl_share
 from music_vae.samples import PITCHES, STEPS_PER_MEASURE, midi_to_song
@@ -225,6 +225,13 @@ def test_the_expected_rule_gives_each_measure_as_many_notes_as_its_values_sum_to
     assert rule.count_scale == pytest.approx(2) and (kept >= threshold).sum(axis=1).tolist() == [6, 1, 5]
 
 # --- data --------------------------------------------------------------------------------------
+
+
+def transposed(song, semitones, shift):
+    """``song`` (measures, 9216 cells or 1152 bit-packed bytes) moved as SongFiles moves a song
+    drawn ``shift`` (0 to 1) along the moves of up to ``semitones`` that its notes allow."""
+    move = transposition(pitch_ranges(song)[None], semitones, np.array([shift]))
+    return gathered(song, np.arange(len(song))[None], move)[0]
 
 
 def test_transposition_keeps_every_note_in_the_window_and_packed_songs_move_alike():
