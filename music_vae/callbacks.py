@@ -26,8 +26,9 @@ from music_vae.songs import fitted_rule, write_songs
 # Callbacks that act after a training batch say ``async_safe``: then, with JAX (and PyTorch),
 # Keras calls them on its own threads once each step's losses are ready, and fit dispatches the
 # next step at once instead of waiting for every step to end (a callback without it makes fit
-# wait). Those calls may come a little out of order: each takes a lock, and skips a batch older
-# than the last it acted on. TensorFlow calls them in order, as each step ends.
+# wait). Those calls may come a little out of order: each takes a lock, and a call for a batch
+# older than the last one seen does not move it back. TensorFlow calls them in order, as each
+# step ends.
 
 
 class Speedometer(keras.callbacks.Callback):
