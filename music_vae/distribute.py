@@ -124,9 +124,10 @@ class Devices:
 
     def holds(self, size):
         """Whether ``size`` bytes fit on the one device a run trains on, beside the model and
-        its steps: in a quarter of its memory, where the backend says how much it has (JAX on
-        a GPU); a CPU's is the machine's, which the caller checks. False for a run spread
-        over several devices, where each would need its own copy."""
+        its steps: in a quarter of its memory (JAX says a GPU's; a CPU's is the machine's,
+        where the copy in RAM that it is made from stays until it is made). True where
+        neither can be read; False for a run spread over several devices, where each would
+        need its own copy."""
         if self.count > 1 or self.processes.count > 1:
             return False
         memory = None
@@ -134,6 +135,9 @@ class Devices:
             import jax
 
             memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+        if memory is None:
+            with contextlib.suppress(AttributeError, ValueError, OSError):  # Windows: no sysconf
+                memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return memory is None or size <= memory // 4
 
     def summary(self):

@@ -122,6 +122,8 @@ def train_resume_and_generate(backend, tmp_path):
     assert "Done:" in out
     folder = next((tmp_path / "runs").iterdir())
     assert f"(backend {backend})" in (folder / f"{folder.name}_info.txt").read_text()
+    # With JAX on one device, the cache lives on it and each step gathers its batch there.
+    assert json.loads((folder / "state.json").read_text())["speed"]["cache_on_device"] == (backend == "jax")
     assert (folder / "generated" / "midi" / "final_song02.mid").is_file()
     run("music_generator.py", "train", "--resume", str(folder), "--epochs", "3")
     vae = folder / "model" / "vae.keras"
@@ -287,3 +289,12 @@ def test_callbacks_called_out_of_order_from_threads_count_each_batch_once():
     began = time.perf_counter()
     timer.join()
     assert ended and began >= ended[0]
+
+
+def test_a_cache_goes_to_the_device_where_a_quarter_of_its_memory_holds_it():
+    from music_vae.distribute import Devices, Processes
+
+    one = Devices(names=["cpu:0"])
+    assert one.holds(2**20) and not one.holds(2**60)  # this machine's memory, read from the system
+    assert not Devices(names=["cpu:0", "cpu:1"]).holds(1)  # each device would need a copy
+    assert not Devices(names=["cpu:0"], processes=Processes(2, 0)).holds(1)
