@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from music_vae.backend import keras, ops
+from music_vae.distribute import machine_memory
 from music_vae.files import UsageError
 from music_vae.samples import PITCHES, SETTINGS_FILE, DataSettings
 
@@ -243,12 +243,8 @@ class EpochOrder(keras.callbacks.Callback):
 
 def cache_fits(samples, shape):
     """Whether ``samples`` bit-packed samples fit in half of this machine's memory."""
-    needed = samples * math.prod(shape) // 8
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # Windows: no sysconf; trust the user
-        return True
-    return needed <= memory // 2
+    memory = machine_memory()
+    return memory is None or samples * math.prod(shape) // 8 <= memory // 2  # not known: trust the user
 
 
 def sample_problem(path, shape):

@@ -135,14 +135,20 @@ class Devices:
             import jax
 
             memory = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
-        if memory is None:
-            with contextlib.suppress(AttributeError, ValueError, OSError):  # Windows: no sysconf
-                memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = memory or machine_memory()
         return memory is None or size <= memory // 4
 
     def summary(self):
         """What a run's state records of its devices."""
         return {"names": self.names, "processes": self.processes.count}
+
+
+def machine_memory():
+    """Bytes of this machine's memory, or None where the system does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def choose_devices(distribute, devices=None, processes=Processes()):
